@@ -1,0 +1,23 @@
+"""Where things are: the shared real-data folder and the repository root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["REPO_ROOT", "shared_data_dir"]
+
+#: The repository root when the package is used from a source checkout (editable install).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """The folder of real radiographs used by tests and benchmarks.
+
+    ``$CXRSSL_SHARED_DATA`` when set, else ``../shared/data`` seen from the repository root.
+    The folder may not exist; callers decide whether that is an error.
+    """
+    env = os.environ.get("CXRSSL_SHARED_DATA")
+    if env:
+        return Path(env).expanduser().resolve()
+    return (REPO_ROOT / ".." / "shared" / "data").resolve()
