@@ -1,1 +1,3 @@
-"""losses"""
+"""Losses of the SSL methods."""
+
+from .ntxent import NTXentLoss

@@ -1,1 +1,4 @@
-"""methods"""
+"""SSL methods, one module each: views -> embeddings -> loss, plus the state each keeps."""
+
+from .base import SSLMethod
+from .simclr import SimCLR

@@ -1,0 +1,101 @@
+"""Checkpoint files: written atomically, checked when read.
+
+Two kinds, both plain ``torch.save`` dictionaries with a ``format`` tag:
+
+- training checkpoints (``"monai_cxrssl/ssl-checkpoint"``): everything needed to resume a
+  run exactly: the method's whole state (backbone, heads, momentum encoders, queues,
+  centres), optimiser, scheduler, epoch and iteration, seed;
+- backbone exports (``"monai_cxrssl/backbone"``): the backbone's weights and its spec
+  (name and arguments), what downstream bundles load.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monai_cxrssl.exceptions import CheckpointError
+
+__all__ = ["SSL_CHECKPOINT", "BACKBONE_EXPORT", "atomic_save", "read_checkpoint", "load_backbone_weights"]
+
+SSL_CHECKPOINT = "monai_cxrssl/ssl-checkpoint"
+BACKBONE_EXPORT = "monai_cxrssl/backbone"
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, flush it to disk, then rename over ``path``.
+
+    A crash at any moment leaves either the old file or the new one, never a truncated file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, expected_format: str | None = None) -> dict:
+    """Load a checkpoint dictionary on the CPU, with a clear error for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a torch file
+        raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
+    if expected_format is not None:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else None
+        if found != expected_format:
+            raise CheckpointError(f"checkpoint '{path}' has format {found!r}; expected {expected_format!r}")
+    return ckpt
+
+
+def check_backbone_spec(found: dict, expected: dict, source: str) -> None:
+    """Raise :class:`CheckpointError` if a checkpoint's backbone differs from the one being built."""
+    if found != expected:
+        diff = {k: (found.get(k), expected.get(k)) for k in sorted(set(found) | set(expected))
+                if found.get(k) != expected.get(k)}
+        raise CheckpointError(
+            f"checkpoint '{source}' holds backbone {found}, but this run builds {expected} "
+            f"(differences as (checkpoint, run): {diff})"
+        )
+
+
+def load_backbone_weights(backbone: torch.nn.Module, path: str | os.PathLike) -> dict:
+    """Load a backbone export (or the backbone part of a training checkpoint) into ``backbone``.
+
+    The backbone spec (name and arguments) must match and every weight must load.
+
+    Returns:
+        the checkpoint dictionary (for its metadata).
+    """
+    ckpt = read_checkpoint(path)
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if fmt == BACKBONE_EXPORT:
+        state = ckpt["state_dict"]
+    elif fmt == SSL_CHECKPOINT:
+        prefix = "backbone."
+        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    else:
+        raise CheckpointError(f"checkpoint '{path}' has format {fmt!r}; expected {BACKBONE_EXPORT!r} "
+                              f"or {SSL_CHECKPOINT!r}")
+    if hasattr(backbone, "spec"):
+        check_backbone_spec(ckpt.get("backbone", {}), backbone.spec(), str(path))
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint '{path}' does not fit the backbone: {e}") from e
+    return ckpt

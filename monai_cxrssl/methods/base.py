@@ -1,0 +1,45 @@
+"""The contract every SSL method fulfils.
+
+A method is an ``nn.Module`` that owns its backbone and whatever else it trains or keeps
+(heads, momentum encoders, queues, centres): everything in its ``state_dict`` is saved and
+restored with the checkpoint. The trainer gives it augmented views and steps the optimiser;
+the method turns views into a loss, and may act after each optimiser step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from monai_cxrssl.networks.backbones import Backbone
+
+__all__ = ["SSLMethod"]
+
+
+class SSLMethod(nn.Module):
+    """Base class of the SSL methods.
+
+    Subclasses set :attr:`name` and :attr:`num_views`, and implement :meth:`forward`.
+
+    Args:
+        backbone: the feature extractor being pretrained (exported for downstream use).
+    """
+
+    name: str = "ssl"
+    #: how many augmented views of each image the trainer produces
+    num_views: int = 2
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Return at least ``{"loss": scalar}``; other scalars are logged."""
+        raise NotImplementedError
+
+    def after_step(self, iteration: int, max_iterations: int) -> None:
+        """Called after each optimiser step (momentum updates, schedules). Default: nothing."""
+
+    def export_backbone(self) -> nn.Module:
+        """The network whose weights downstream tasks start from (the teacher, for DINO)."""
+        return self.backbone
