@@ -1,0 +1,128 @@
+"""From a data source to a cached dataset and a training DataLoader.
+
+``training_items`` decides what to train on: a datalist JSON, a dataset folder (layout
+detected by :func:`~monai_cxrssl.data.datalist.build_datalist`), or, when neither is given,
+the embedded SYNTHETIC demo phantoms. Entries are checked up front (keys, files).
+
+:class:`CXRCacheDataset` decodes and preprocesses every image once, when it is built (before
+training starts): a corrupt file fails there, naming the file, or, with
+``skip_unreadable=True``, is dropped with a logged count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from monai.data import CacheDataset
+
+from monai_cxrssl.data.datalist import build_datalist, check_datalist, load_datalist
+from monai_cxrssl.data.phantoms import write_demo_dataset
+from monai_cxrssl.distributed import get_rank, get_world_size
+from monai_cxrssl.exceptions import CXRReadError, DatalistError
+
+__all__ = ["training_items", "CXRCacheDataset", "ssl_dataloader"]
+
+logger = logging.getLogger(__name__)
+
+
+def training_items(dataset_dir: str | os.PathLike | None = None, datalist: str | os.PathLike | None = None,
+                   demo_dir: str | os.PathLike | None = None, split: str = "training",
+                   required_keys: Sequence[str] = ("image",)) -> list[dict]:
+    """The checked list of entries to train on.
+
+    Args:
+        dataset_dir: a dataset folder (class folders, ``labels.csv``, DICOM files or a ``datalist.json``).
+        datalist: a MONAI datalist JSON; takes precedence over ``dataset_dir``.
+        demo_dir: where to write the synthetic demo set when neither source is given.
+        split: which list of the datalist (``training`` for pretraining: never the test set).
+        required_keys: keys every entry must have.
+
+    Raises:
+        DatalistError: empty list, missing keys or files, unknown split.
+    """
+    if datalist:
+        dl = load_datalist(datalist, keys=(split,))
+        source = str(datalist)
+    elif dataset_dir:
+        dl = build_datalist(dataset_dir)
+        source = str(dataset_dir)
+    else:
+        if demo_dir is None:
+            raise DatalistError("no data given: set dataset_dir or datalist (or demo_dir for the synthetic demo)")
+        logger.warning(
+            "No dataset_dir or datalist given: training on SYNTHETIC chest X-ray phantoms written to %s. "
+            "They exist so the bundle runs on a fresh machine; results on them mean nothing clinically. "
+            "Pass --dataset_dir or --datalist for real data.", demo_dir)
+        dl = load_datalist(write_demo_dataset(demo_dir), keys=(split,))
+        source = f"{demo_dir} (synthetic demo)"
+    if split not in dl:
+        raise DatalistError(f"datalist from '{source}' has no '{split}' list; it has {sorted(k for k in dl if isinstance(dl[k], list))}")
+    return check_datalist(dl[split], required_keys=required_keys, check_files=True, source=f"{source}:{split}")
+
+
+class CXRCacheDataset(CacheDataset):
+    """MONAI ``CacheDataset`` that can drop unreadable radiographs instead of failing.
+
+    Args:
+        data: datalist entries.
+        transform: the deterministic preprocessing is cached; random transforms run per epoch.
+        skip_unreadable: drop entries whose image raises :class:`CXRReadError` while caching
+            (logged with their count and first paths); otherwise the first such error is raised.
+        kwargs: passed to ``CacheDataset`` (``cache_rate``, ``num_workers``, ``progress``...).
+    """
+
+    def __init__(self, data: Sequence[dict], transform=None, skip_unreadable: bool = False, **kwargs):
+        self.skip_unreadable = bool(skip_unreadable)
+        self.unreadable: list[str] = []
+        kwargs.setdefault("progress", False)
+        super().__init__(data=data, transform=transform, **kwargs)
+
+    def _load_cache_item(self, idx: int):
+        try:
+            return super()._load_cache_item(idx)
+        except CXRReadError as e:
+            if not self.skip_unreadable:
+                raise
+            self.unreadable.append(f"{e.path}: {e.reason}")
+            return None
+
+    def set_data(self, data: Sequence) -> None:
+        self.unreadable = []
+        super().set_data(data)
+        if not self.unreadable:
+            return
+        keep = [i for i, item in enumerate(self._cache) if item is not None]
+        n_bad = len(self._cache) - len(keep)
+        if not keep:
+            raise DatalistError(f"none of the {len(self._cache)} images could be read; first: {self.unreadable[:3]}")
+        self.data = [self.data[i] for i in keep] + list(self.data[len(self._cache):])
+        self._cache = [self._cache[i] for i in keep]
+        self.cache_num = len(self._cache)
+        logger.warning("skipped %d unreadable image(s) of %d; first: %s", n_bad, n_bad + len(keep),
+                       "; ".join(self.unreadable[:3]))
+
+
+def ssl_dataloader(dataset, batch_size: int, seed: int = 0, num_workers: int = 0, drop_last: bool = True,
+                   **kwargs) -> DataLoader:
+    """Shuffling DataLoader whose order depends only on ``(seed, epoch)``, and sharded across processes.
+
+    It uses a ``DistributedSampler`` in every case (one replica in a single process); MONAI's
+    engines call its ``set_epoch`` at each epoch, so a resumed run reproduces the order.
+    """
+    if len(dataset) == 0:
+        raise DatalistError("the training dataset is empty")
+    world = get_world_size()
+    if len(dataset) < batch_size * world and drop_last:
+        raise DatalistError(f"the training dataset has {len(dataset)} images, fewer than one batch "
+                            f"({batch_size} x {world} process(es)); lower batch_size")
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=get_rank(), shuffle=True, seed=seed,
+                                 drop_last=drop_last)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=num_workers > 0, **kwargs)

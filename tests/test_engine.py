@@ -1,0 +1,96 @@
+"""The SSL trainer: exact resumption, atomic checkpoints, backbone export, error cases."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai.data import Dataset
+from monai.utils import set_determinism
+
+from monai_cxrssl.checkpoints import load_backbone_weights, read_checkpoint
+from monai_cxrssl.data.dataset import ssl_dataloader
+from monai_cxrssl.data.views import CXRViewAugment
+from monai_cxrssl.engines import SSLCheckpoint, SSLTrainer, warmup_cosine
+from monai_cxrssl.exceptions import CheckpointError, NonFiniteLossError
+from monai_cxrssl.methods import SimCLR
+from monai_cxrssl.networks import build_backbone
+
+
+def _items(n=12, size=32, nan_at=None):
+    g = torch.Generator().manual_seed(0)
+    items = [{"image": torch.rand(1, size, size, generator=g)} for _ in range(n)]
+    if nan_at is not None:
+        items[nan_at]["image"][:] = float("nan")
+    return items
+
+
+def _run(out_dir, epochs, resume=False, items=None, backbone="resnet10", seed=0):
+    set_determinism(seed=seed)
+    method = SimCLR(build_backbone(backbone, widen_factor=0.25), hidden_dim=32, out_dim=16, temperature=0.2)
+    opt = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    loader = ssl_dataloader(Dataset(items if items is not None else _items()), batch_size=4, seed=seed)
+    sched = warmup_cosine(opt, total_steps=4 * len(loader), warmup_steps=1)
+    from monai.handlers import LrScheduleHandler
+
+    handlers = [LrScheduleHandler(sched, epoch_level=False, print_lr=False),
+                SSLCheckpoint(out_dir, method, opt, sched, resume=resume)]
+    trainer = SSLTrainer("cpu", epochs, loader, method, opt, CXRViewAugment(out_size=32), seed=seed,
+                         precision="fp32", handlers=handlers)
+    trainer.run()
+    return trainer, method
+
+
+def test_resume_continues_exactly(tmp_path):
+    _, straight = _run(tmp_path / "a", epochs=3)
+    _run(tmp_path / "b", epochs=1)
+    ckpt = read_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ckpt["epoch"] == 1 and ckpt["iteration"] == 3 and ckpt["optimizer"]["state"]
+    trainer, resumed = _run(tmp_path / "b", epochs=3, resume=True)
+    assert trainer.state.epoch == 3 and trainer.state.iteration == 9
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    # and a fresh run of only the last two epochs (no resume) would differ
+    _, fresh = _run(tmp_path / "c", epochs=2)
+    assert not torch.allclose(fresh.head[0].weight, straight.head[0].weight)
+
+
+def test_checkpoint_files_and_backbone_export(tmp_path):
+    _, method = _run(tmp_path, epochs=1)
+    files = sorted(p.name for p in Path(tmp_path).rglob("*") if p.is_file())
+    assert files == ["backbone.pt", "checkpoint.pt", "model.pt"]  # no temporary files left behind
+    other = build_backbone("resnet10", widen_factor=0.25)
+    meta = load_backbone_weights(other, tmp_path / "models" / "backbone.pt")
+    assert meta["method"] == "simclr" and meta["epoch"] == 1
+    for a, b in zip(other.state_dict().values(), method.backbone.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(CheckpointError, match="resnet18"):
+        load_backbone_weights(build_backbone("resnet18"), tmp_path / "models" / "backbone.pt")
+
+
+def test_resume_with_another_backbone_fails_before_training(tmp_path):
+    _run(tmp_path, epochs=1)
+    with pytest.raises(CheckpointError, match="backbone"):
+        _run(tmp_path, epochs=2, resume=True, backbone="resnet18")
+
+
+def test_resume_from_missing_or_corrupt_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        _run(tmp_path, epochs=1, resume=True)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        _run(tmp_path, epochs=1, resume=True)
+
+
+def test_nan_loss_is_a_clear_error(tmp_path):
+    with pytest.raises(NonFiniteLossError, match="epoch 1, iteration"):
+        _run(tmp_path, epochs=1, items=_items(nan_at=0) * 1)
+
+
+def test_empty_or_too_small_dataset():
+    from monai_cxrssl.exceptions import DatalistError
+
+    with pytest.raises(DatalistError, match="empty"):
+        ssl_dataloader(Dataset([]), batch_size=4)
+    with pytest.raises(DatalistError, match="fewer than one batch"):
+        ssl_dataloader(Dataset(_items(3)), batch_size=4)
