@@ -11,3 +11,5 @@ Sub-packages, one concept each:
 """
 
 __version__ = "0.1.0"
+
+from . import data, engines, losses, methods, networks  # noqa: E402  (bundle configs use monai_cxrssl.<sub>.<name>)

@@ -12,13 +12,13 @@ Two kinds, both plain ``torch.save`` dictionaries with a ``format`` tag:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from monai_cxrssl.exceptions import CheckpointError
+from monai_cxrssl.utils import atomic_write
 
 __all__ = ["SSL_CHECKPOINT", "BACKBONE_EXPORT", "atomic_save", "read_checkpoint", "load_backbone_weights"]
 
@@ -27,24 +27,10 @@ BACKBONE_EXPORT = "monai_cxrssl/backbone"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, flush it to disk, then rename over ``path``.
-
-    A crash at any moment leaves either the old file or the new one, never a truncated file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """``torch.save`` atomically (see :func:`monai_cxrssl.utils.atomic_write`)."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def read_checkpoint(path: str | os.PathLike, expected_format: str | None = None) -> dict:

@@ -37,13 +37,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from monai_cxrssl.exceptions import DatalistError
+from monai_cxrssl.utils import atomic_write
 
 __all__ = [
     "SPLIT_KEYS",
@@ -821,17 +821,7 @@ def write_datalist(datalist: Mapping[str, Any], path: str | os.PathLike, *, rela
         if datalist[key]:
             check_datalist(datalist[key], check_files=False, source=f"datalist '{key}'")
         out[key] = _map_images(datalist[key], to_file)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=1, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0o600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1, default=_json_default)
+        f.write("\n")
     return path

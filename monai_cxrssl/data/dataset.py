@@ -22,9 +22,10 @@ from torch.utils.data.distributed import DistributedSampler
 from monai.data import CacheDataset
 
 from monai_cxrssl.data.datalist import build_datalist, check_datalist, load_datalist
-from monai_cxrssl.data.phantoms import write_demo_dataset
+from monai_cxrssl.data.phantoms import demo_datalist_path, write_demo_dataset
 from monai_cxrssl.distributed import get_rank, get_world_size
 from monai_cxrssl.exceptions import CXRReadError, DatalistError
+from monai_cxrssl.utils import as_bool
 
 __all__ = ["training_items", "CXRCacheDataset", "ssl_dataloader"]
 
@@ -59,7 +60,8 @@ def training_items(dataset_dir: str | os.PathLike | None = None, datalist: str |
             "No dataset_dir or datalist given: training on SYNTHETIC chest X-ray phantoms written to %s. "
             "They exist so the bundle runs on a fresh machine; results on them mean nothing clinically. "
             "Pass --dataset_dir or --datalist for real data.", demo_dir)
-        dl = load_datalist(write_demo_dataset(demo_dir), keys=(split,))
+        write_demo_dataset(demo_dir)
+        dl = load_datalist(demo_datalist_path(demo_dir), keys=(split,))
         source = f"{demo_dir} (synthetic demo)"
     if split not in dl:
         raise DatalistError(f"datalist from '{source}' has no '{split}' list; it has {sorted(k for k in dl if isinstance(dl[k], list))}")
@@ -78,7 +80,7 @@ class CXRCacheDataset(CacheDataset):
     """
 
     def __init__(self, data: Sequence[dict], transform=None, skip_unreadable: bool = False, **kwargs):
-        self.skip_unreadable = bool(skip_unreadable)
+        self.skip_unreadable = as_bool(skip_unreadable, "skip_unreadable")
         self.unreadable: list[str] = []
         kwargs.setdefault("progress", False)
         super().__init__(data=data, transform=transform, **kwargs)

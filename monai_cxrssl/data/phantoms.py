@@ -29,6 +29,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from monai_cxrssl.exceptions import DatalistError
+from monai_cxrssl.utils import atomic_write
 
 __all__ = [
     "PHANTOM_VERSION",
@@ -353,23 +354,13 @@ def _save_png16(img: np.ndarray, path: Path) -> None:
     pil = Image.fromarray(arr)
     if pil.mode != "I;16":  # Pillow maps uint16 to I;16; be explicit if that ever changes
         pil = pil.convert("I;16")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pil.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as f:
+        pil.save(f, format="PNG")
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _reusable(datalist_file: Path, generator: Mapping[str, Any]) -> dict | None:

@@ -13,6 +13,7 @@ All are written atomically. Saving happens every ``save_interval`` epochs and at
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from monai_cxrssl.checkpoints import (
     read_checkpoint,
 )
 from monai_cxrssl.exceptions import CheckpointError
+from monai_cxrssl.utils import as_bool
 
 __all__ = ["SSLCheckpoint"]
 
@@ -105,9 +107,13 @@ class SSLCheckpoint:
 
     # ----------------------------------------------------------------------------- resuming
     def maybe_resume(self, engine: Engine) -> None:
-        if self.resume is False or self.resume in ("", "false", "False", None):
+        resume = self.resume
+        if isinstance(resume, (str, os.PathLike)) and str(resume).strip().lower() not in ("true", "false", "1", "0", "yes", "no", ""):
+            path = Path(resume)  # a checkpoint path
+        elif as_bool(resume, "resume"):
+            path = self.checkpoint_path
+        else:
             return
-        path = self.checkpoint_path if self.resume is True or self.resume in ("true", "True") else Path(self.resume)
         ckpt = read_checkpoint(path, SSL_CHECKPOINT)
         if ckpt.get("method") != self.method.name:
             raise CheckpointError(f"checkpoint '{path}' was written by method {ckpt.get('method')!r}; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ignite.engine import Engine
 
 from monai_cxrssl.engines.trainer import scalar_outputs
+from monai_cxrssl.utils import as_bool
 
 __all__ = ["ProgressHandler"]
 
@@ -18,8 +19,8 @@ class ProgressHandler:
     """
 
     def __init__(self, enabled: bool = True, persist: bool = False):
-        self.enabled = bool(enabled)
-        self.persist = bool(persist)
+        self.enabled = as_bool(enabled, "progress")
+        self.persist = as_bool(persist, "persist")
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:

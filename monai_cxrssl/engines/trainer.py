@@ -30,6 +30,7 @@ from monai_cxrssl.distributed import get_rank
 from monai_cxrssl.engines.precision import autocast, resolve_precision
 from monai_cxrssl.exceptions import NonFiniteLossError
 from monai_cxrssl.methods.base import SSLMethod
+from monai_cxrssl.utils import as_bool
 
 __all__ = ["SSLTrainer", "scalar_outputs"]
 
@@ -90,7 +91,7 @@ class SSLTrainer(Trainer):
         self.image_key = image_key
         self.seed = int(seed)
         self.precision = resolve_precision(precision, device)
-        self.channels_last = bool(channels_last)
+        self.channels_last = as_bool(channels_last, "channels_last")
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
 

@@ -1,0 +1,88 @@
+"""End to end: the SimCLR bundle through ``python -m monai.bundle run`` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_cxrssl.checkpoints import load_backbone_weights, read_checkpoint
+from monai_cxrssl.networks import build_backbone
+from monai_cxrssl.paths import REPO_ROOT
+
+CONFIG = REPO_ROOT / "bundles" / "simclr_cxr" / "configs" / "train.json"
+SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10", "--precision", "fp32",
+         "--progress", "false", "--cache_workers", "1"]
+
+
+def run_bundle(out_dir, *args, check=True):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG),
+           "--output_dir", str(out_dir), *SMALL, *map(str, args)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        pytest.fail(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.mark.slow
+def test_demo_run_writes_checkpoint_that_resumes(tmp_path):
+    out = tmp_path / "out"
+    proc = run_bundle(out, "--epochs", "1")
+    log = proc.stdout + proc.stderr
+    assert "SYNTHETIC" in log  # the demo data says what it is
+    demo = json.loads((out / "demo_data" / "datalist.json").read_text())
+    n_train = len(demo["training"])
+
+    ckpt = read_checkpoint(out / "checkpoint.pt")
+    assert ckpt["method"] == "simclr" and ckpt["epoch"] == 1
+    assert ckpt["iteration"] == n_train // 8  # drop_last batches of 8
+    assert ckpt["optimizer"]["state"] and ckpt["lr_scheduler"]["last_epoch"] == ckpt["iteration"]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    backbone = build_backbone("resnet10")
+    meta = load_backbone_weights(backbone, out / "models" / "backbone.pt")
+    assert meta["epoch"] == 1
+    assert backbone(torch.rand(2, 1, 32, 32)).shape == (2, 512)
+
+    # resume: continue to epoch 2 from the checkpoint, not from scratch
+    run_bundle(out, "--epochs", "2", "--resume", "true")
+    ckpt2 = read_checkpoint(out / "checkpoint.pt")
+    assert ckpt2["epoch"] == 2 and ckpt2["iteration"] == 2 * ckpt["iteration"]
+    changed = any(not torch.equal(a, b) for a, b in zip(ckpt["state_dict"].values(), ckpt2["state_dict"].values()))
+    assert changed
+
+
+@pytest.mark.slow
+def test_real_kermany_short_run(tmp_path, kermany_dir):
+    # a short run on real radiographs: a 48-image datalist drawn from the Kermany training folder
+    from monai_cxrssl.data.datalist import datalist_from_class_folders, write_datalist
+
+    dl = datalist_from_class_folders(kermany_dir)
+    dl["training"] = dl["training"][::100][:48]
+    dl_path = write_datalist(dl, tmp_path / "kermany48.json")
+    out = tmp_path / "out"
+    run_bundle(out, "--epochs", "1", "--datalist", dl_path)
+    ckpt = read_checkpoint(out / "checkpoint.pt")
+    assert ckpt["iteration"] == 6 and ckpt["metadata"]["datalist"] == str(dl_path)
+    assert not (out / "demo_data").exists()
+
+
+@pytest.mark.slow
+def test_bad_input_fails_before_training_naming_the_problem(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_bundle(tmp_path / "o1", "--dataset_dir", empty, check=False)
+    assert proc.returncode != 0 and str(empty) in proc.stdout + proc.stderr
+
+    missing = tmp_path / "nowhere.png"
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"training": [{"image": str(missing)}] * 16}))
+    proc = run_bundle(tmp_path / "o2", "--datalist", dl, check=False)
+    assert proc.returncode != 0 and "nowhere.png" in proc.stdout + proc.stderr
+    assert not (tmp_path / "o2" / "checkpoint.pt").exists()
