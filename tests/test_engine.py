@@ -94,3 +94,17 @@ def test_empty_or_too_small_dataset():
         ssl_dataloader(Dataset([]), batch_size=4)
     with pytest.raises(DatalistError, match="fewer than one batch"):
         ssl_dataloader(Dataset(_items(3)), batch_size=4)
+
+
+def test_bf16_and_channels_last_path_trains(tmp_path):
+    set_determinism(seed=0)
+    method = SimCLR(build_backbone("resnet10", widen_factor=0.25), hidden_dim=32, out_dim=16)
+    before = [p.detach().clone() for p in method.parameters()]
+    opt = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    loader = ssl_dataloader(Dataset(_items(8, size=32)), batch_size=4, seed=0)
+    trainer = SSLTrainer("cpu", 1, loader, method, opt, CXRViewAugment(out_size=32), precision="bf16",
+                         channels_last="true", epoch_length=1)
+    trainer.run()
+    assert trainer.precision == "bf16" and trainer.channels_last is True
+    assert torch.isfinite(trainer.state.output["loss"]) and trainer.state.output["loss"].dtype == torch.float32
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters()))

@@ -88,10 +88,13 @@ class CXRCacheDataset(CacheDataset):
     def _load_cache_item(self, idx: int):
         try:
             return super()._load_cache_item(idx)
-        except CXRReadError as e:
-            if not self.skip_unreadable:
+        except Exception as e:  # MONAI's Compose wraps transform errors in RuntimeError
+            read_error = _find_cause(e, CXRReadError)
+            if read_error is None:
                 raise
-            self.unreadable.append(f"{e.path}: {e.reason}")
+            if not self.skip_unreadable:
+                raise read_error from None
+            self.unreadable.append(f"{read_error.path}: {read_error.reason}")
             return None
 
     def set_data(self, data: Sequence) -> None:
@@ -108,6 +111,17 @@ class CXRCacheDataset(CacheDataset):
         self.cache_num = len(self._cache)
         logger.warning("skipped %d unreadable image(s) of %d; first: %s", n_bad, n_bad + len(keep),
                        "; ".join(self.unreadable[:3]))
+
+
+def _find_cause(err: BaseException, kind: type) -> BaseException | None:
+    """The first exception of type ``kind`` in ``err``'s chain of causes, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def ssl_dataloader(dataset, batch_size: int, seed: int = 0, num_workers: int = 0, drop_last: bool = True,
