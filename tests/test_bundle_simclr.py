@@ -20,9 +20,9 @@ SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10", "-
          "--progress", "false", "--cache_workers", "1"]
 
 
-def run_bundle(out_dir, *args, check=True):
+def run_bundle(out_dir, *args, check=True, small=True):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG),
-           "--output_dir", str(out_dir), *SMALL, *map(str, args)]
+           "--output_dir", str(out_dir), *(SMALL if small else []), *map(str, args)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:
@@ -43,7 +43,12 @@ def test_demo_run_writes_checkpoint_that_resumes(tmp_path):
     assert ckpt["method"] == "simclr" and ckpt["epoch"] == 1
     assert ckpt["iteration"] == n_train // 8  # drop_last batches of 8
     assert ckpt["optimizer"]["state"] and ckpt["lr_scheduler"]["last_epoch"] == ckpt["iteration"]
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("loss")]
+    assert len(losses) == ckpt["iteration"] and all(v > 0 for v in losses)
 
     backbone = build_backbone("resnet10")
     meta = load_backbone_weights(backbone, out / "models" / "backbone.pt")
@@ -86,3 +91,13 @@ def test_bad_input_fails_before_training_naming_the_problem(tmp_path):
     proc = run_bundle(tmp_path / "o2", "--datalist", dl, check=False)
     assert proc.returncode != 0 and "nowhere.png" in proc.stdout + proc.stderr
     assert not (tmp_path / "o2" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_default_settings_one_epoch(tmp_path):
+    # the README's main command with its defaults (ResNet-18, 224 px, precision auto), shortened to one epoch
+    out = tmp_path / "out"
+    run_bundle(out, "--epochs", "1", small=False)
+    ckpt = read_checkpoint(out / "checkpoint.pt")
+    assert ckpt["backbone"]["name"] == "resnet18" and ckpt["metadata"]["image_size"] == 224
+    load_backbone_weights(build_backbone("resnet18"), out / "models" / "backbone.pt")
