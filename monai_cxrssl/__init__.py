@@ -12,4 +12,14 @@ Sub-packages, one concept each:
 
 __version__ = "0.1.0"
 
-from . import data, engines, losses, methods, networks  # noqa: E402  (bundle configs use monai_cxrssl.<sub>.<name>)
+_SUBPACKAGES = ("data", "engines", "evaluation", "losses", "methods", "networks")
+
+
+def __getattr__(name: str):
+    """Import sub-packages on first use, so that ``"$import monai_cxrssl"`` in a bundle config gives
+    ``monai_cxrssl.data.LoadCXRd`` etc. while the command line stays quick to start."""
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

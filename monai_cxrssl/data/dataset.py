@@ -27,42 +27,47 @@ from monai_cxrssl.distributed import get_rank, get_world_size
 from monai_cxrssl.exceptions import CXRReadError, DatalistError
 from monai_cxrssl.utils import as_bool
 
-__all__ = ["training_items", "CXRCacheDataset", "ssl_dataloader"]
+__all__ = ["resolve_datalist", "training_items", "CXRCacheDataset", "ssl_dataloader"]
 
 logger = logging.getLogger(__name__)
+
+
+def resolve_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str | os.PathLike | None = None,
+                     demo_dir: str | os.PathLike | None = None) -> tuple[dict, str]:
+    """The whole datalist of a data source, and a description of the source.
+
+    Args:
+        dataset_dir: a dataset folder (class folders, ``labels.csv``, DICOM files or a ``datalist.json``).
+        datalist: a MONAI datalist JSON; takes precedence over ``dataset_dir``.
+        demo_dir: where to write the SYNTHETIC demo set when neither source is given (logged as such).
+    """
+    if datalist:
+        return load_datalist(datalist, keys=None), str(datalist)
+    if dataset_dir:
+        return build_datalist(dataset_dir), str(dataset_dir)
+    if demo_dir is None:
+        raise DatalistError("no data given: set dataset_dir or datalist (or demo_dir for the synthetic demo)")
+    logger.warning(
+        "No dataset_dir or datalist given: using SYNTHETIC chest X-ray phantoms written to %s. "
+        "They exist so the bundle runs on a fresh machine; results on them mean nothing clinically. "
+        "Pass --dataset_dir or --datalist for real data.", demo_dir)
+    write_demo_dataset(demo_dir)
+    return load_datalist(demo_datalist_path(demo_dir), keys=None), f"{demo_dir} (synthetic demo)"
 
 
 def training_items(dataset_dir: str | os.PathLike | None = None, datalist: str | os.PathLike | None = None,
                    demo_dir: str | os.PathLike | None = None, split: str = "training",
                    required_keys: Sequence[str] = ("image",)) -> list[dict]:
-    """The checked list of entries to train on.
+    """The checked list of entries to train on (see :func:`resolve_datalist` for the sources).
 
     Args:
-        dataset_dir: a dataset folder (class folders, ``labels.csv``, DICOM files or a ``datalist.json``).
-        datalist: a MONAI datalist JSON; takes precedence over ``dataset_dir``.
-        demo_dir: where to write the synthetic demo set when neither source is given.
         split: which list of the datalist (``training`` for pretraining: never the test set).
         required_keys: keys every entry must have.
 
     Raises:
         DatalistError: empty list, missing keys or files, unknown split.
     """
-    if datalist:
-        dl = load_datalist(datalist, keys=(split,))
-        source = str(datalist)
-    elif dataset_dir:
-        dl = build_datalist(dataset_dir)
-        source = str(dataset_dir)
-    else:
-        if demo_dir is None:
-            raise DatalistError("no data given: set dataset_dir or datalist (or demo_dir for the synthetic demo)")
-        logger.warning(
-            "No dataset_dir or datalist given: training on SYNTHETIC chest X-ray phantoms written to %s. "
-            "They exist so the bundle runs on a fresh machine; results on them mean nothing clinically. "
-            "Pass --dataset_dir or --datalist for real data.", demo_dir)
-        write_demo_dataset(demo_dir)
-        dl = load_datalist(demo_datalist_path(demo_dir), keys=(split,))
-        source = f"{demo_dir} (synthetic demo)"
+    dl, source = resolve_datalist(dataset_dir, datalist, demo_dir)
     if split not in dl:
         raise DatalistError(f"datalist from '{source}' has no '{split}' list; it has {sorted(k for k in dl if isinstance(dl[k], list))}")
     return check_datalist(dl[split], required_keys=required_keys, check_files=True, source=f"{source}:{split}")

@@ -1,0 +1,24 @@
+"""Downstream evaluation: ROC AUC, bootstrap and DeLong confidence intervals, paired model comparisons.
+
+- :mod:`monai_cxrssl.evaluation.stats`: numpy in, plain Python floats and dicts out; no bundle needed.
+"""
+
+from .stats import (
+    auc,
+    bootstrap_auc_ci,
+    delong_ci,
+    delong_test,
+    multilabel_auc,
+    paired_bootstrap_auc_diff,
+    sensitivity_specificity,
+)
+
+__all__ = [
+    "auc",
+    "multilabel_auc",
+    "bootstrap_auc_ci",
+    "paired_bootstrap_auc_diff",
+    "delong_ci",
+    "delong_test",
+    "sensitivity_specificity",
+]
