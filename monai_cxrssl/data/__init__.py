@@ -1,18 +1,34 @@
-"""Chest X-ray data layer: readers, transforms, views, datalists, splits, demo phantoms, datasets."""
+"""Chest X-ray data layer: readers, transforms, views, datalists, splits, demo phantoms, datasets.
 
-from .datalist import (
-    build_datalist,
-    check_datalist,
-    datalist_from_class_folders,
-    datalist_from_csv,
-    datalist_from_dicom_folder,
-    kermany_patient_id,
-    load_datalist,
-    write_datalist,
-)
-from .dataset import CXRCacheDataset, ssl_dataloader, training_items
-from .io import read_cxr, read_dicom_header
-from .phantoms import make_phantom, write_demo_dataset
-from .splits import format_leakage_report, label_fraction, leakage_report, patient_split
-from .transforms import LoadCXR, LoadCXRd, NormalizeCXR, NormalizeCXRd, ResizeCXR, ResizeCXRd
-from .views import CXRViewAugment, RandCXRView, RandCXRViewd
+Names are imported from their modules on first use (so that the command line and the datalist
+tools start without loading torch and MONAI): ``monai_cxrssl.data.LoadCXRd`` works as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "datalist": ["build_datalist", "check_datalist", "datalist_from_class_folders", "datalist_from_csv",
+                 "datalist_from_dicom_folder", "kermany_patient_id", "load_datalist", "write_datalist"],
+    "dataset": ["CXRCacheDataset", "resolve_datalist", "ssl_dataloader", "training_items"],
+    "classification": ["ClassificationData"],
+    "io": ["read_cxr", "read_dicom_header"],
+    "phantoms": ["make_phantom", "write_demo_dataset"],
+    "splits": ["format_leakage_report", "label_fraction", "leakage_report", "patient_split"],
+    "targets": ["CXRTargetd", "check_targets", "positive_weights", "target_vector"],
+    "transforms": ["LoadCXR", "LoadCXRd", "NormalizeCXR", "NormalizeCXRd", "ResizeCXR", "ResizeCXRd"],
+    "views": ["CXRViewAugment", "RandCXRView", "RandCXRViewd"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
