@@ -1,3 +1,4 @@
 """Losses of the SSL methods."""
 
+from .classification import ClassificationLoss
 from .ntxent import NTXentLoss

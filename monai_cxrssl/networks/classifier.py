@@ -1,0 +1,61 @@
+"""The downstream classifier: a backbone and a linear head, trained as a linear probe or end to end."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from monai_cxrssl.networks.backbones import Backbone
+
+__all__ = ["CXRClassifier"]
+
+MODES = ("linear", "finetune")
+
+
+class CXRClassifier(nn.Module):
+    """Backbone features -> linear layer -> one logit per output.
+
+    Args:
+        backbone: the feature extractor (random, or loaded from pretraining).
+        num_outputs: 1 for a binary task, the number of classes (multi-class) or findings (multi-label).
+        mode: ``"linear"``: the backbone is frozen (no gradients, kept in eval mode so that its
+            BatchNorm statistics do not drift even when an engine calls ``train()``), only the head
+            trains; ``"finetune"``: everything trains.
+        dropout: dropout before the linear layer.
+    """
+
+    def __init__(self, backbone: Backbone, num_outputs: int, mode: str = "finetune", dropout: float = 0.0):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if num_outputs < 1:
+            raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
+        self.backbone = backbone
+        self.mode = mode
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.out_dim, num_outputs))
+        if mode == "linear":
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> CXRClassifier:
+        super().train(mode)
+        if self.mode == "linear":
+            self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "linear":
+            with torch.no_grad():
+                feats = self.backbone(x)
+        else:
+            feats = self.backbone(x)
+        return self.head(feats.float())
+
+    def param_groups(self, lr: float, backbone_lr_factor: float = 1.0) -> list[dict]:
+        """Optimiser parameter groups: the head at ``lr``, the backbone at ``lr * backbone_lr_factor``
+        (fine-tuning only; a frozen backbone has no group)."""
+        groups = [{"params": list(self.head.parameters()), "lr": lr, "name": "head"}]
+        if self.mode == "finetune":
+            groups.append({"params": list(self.backbone.parameters()), "lr": lr * backbone_lr_factor,
+                           "name": "backbone"})
+        return groups

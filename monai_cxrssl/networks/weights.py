@@ -1,0 +1,123 @@
+"""Initial backbone weights: this project's checkpoints, or outside state dicts with key mapping.
+
+:func:`init_backbone` is what every downstream bundle calls with a user-given path. It reports
+exactly what was loaded, and refuses a file that would leave the backbone (partly) untrained:
+a silent mismatch would make a "pretrained" run a random-initialisation run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from monai_cxrssl.checkpoints import BACKBONE_EXPORT, SSL_CHECKPOINT, load_backbone_weights, read_checkpoint
+from monai_cxrssl.exceptions import CheckpointError
+
+__all__ = ["init_backbone", "map_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+RANDOM = ("", "random", "none", "None", None)
+#: prefixes stripped from outside state dicts (DDP, MoCo query encoders, wrappers)
+STRIP_PREFIXES = ("module.", "encoder_q.", "backbone.", "encoder.", "model.", "student.", "teacher.")
+#: keys under which outside files nest their state dict
+NESTING_KEYS = ("state_dict", "model", "teacher", "student", "network")
+
+
+def _unwrap(obj) -> Mapping[str, torch.Tensor]:
+    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        for k in NESTING_KEYS:
+            if k in obj:
+                obj = obj[k]
+                break
+        else:
+            break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"expected a state dict, found {type(obj).__name__}")
+    return obj
+
+
+def map_state_dict(state: Mapping[str, torch.Tensor], target_keys, key_map: Mapping[str, str] | None = None) -> dict:
+    """Rename ``state``'s keys to match ``target_keys``.
+
+    ``key_map`` (``{"old_prefix": "new_prefix"}``) is applied first; then common wrapper prefixes
+    are stripped and the backbone's own prefix (``net.``) is tried; the variant matching the
+    most target keys wins.
+    """
+    state = dict(state)
+    if key_map:
+        for old, new in key_map.items():
+            state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
+    target_keys = set(target_keys)
+
+    def strip(k: str) -> str:
+        changed = True
+        while changed:
+            changed = False
+            for p in STRIP_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        return k
+
+    candidates = [state, {strip(k): v for k, v in state.items()}]
+    candidates += [{"net." + k: v for k, v in c.items()} for c in list(candidates)]
+    return max(candidates, key=lambda c: len(target_keys & set(c)))
+
+
+def init_backbone(backbone: nn.Module, weights: str | os.PathLike | None = None,
+                  key_map: Mapping[str, str] | None = None) -> dict:
+    """Initialise ``backbone`` from ``weights`` and report what happened.
+
+    Args:
+        backbone: the network to initialise (a :class:`~monai_cxrssl.networks.Backbone`).
+        weights: ``"random"``/empty (keep the random initialisation); a backbone export or training
+            checkpoint of this project (its backbone spec must match); or any file holding a state
+            dict (possibly nested under ``state_dict``/``model``/...), mapped with ``key_map`` and
+            common prefixes.
+        key_map: prefix renaming for outside state dicts, e.g. ``{"encoder.": ""}``.
+
+    Returns:
+        ``{"source": ..., "format": ..., "loaded": n, "unexpected": [...], ...}``.
+
+    Raises:
+        CheckpointError: missing or unreadable file, another backbone, missing weights or wrong shapes.
+    """
+    if weights in RANDOM:
+        return {"source": "random"}
+    path = str(weights)
+    ckpt = read_checkpoint(path)
+    fmt = ckpt.get("format") if isinstance(ckpt, Mapping) else None
+    if fmt in (BACKBONE_EXPORT, SSL_CHECKPOINT):
+        meta = load_backbone_weights(backbone, path)
+        report = {"source": path, "format": fmt, "method": meta.get("method"), "epoch": meta.get("epoch"),
+                  "loaded": len(backbone.state_dict()), "origin": meta.get("metadata", {})}
+        logger.info("initialised backbone from %s (%s, epoch %s)", path, meta.get("method"), meta.get("epoch"))
+        return report
+
+    target = backbone.state_dict()
+    try:
+        state = map_state_dict(_unwrap(ckpt), target.keys(), key_map)
+    except CheckpointError as e:
+        raise CheckpointError(f"'{path}': {e}") from None
+    matched = [k for k in target if k in state]
+    shape_errors = [f"{k}: file {tuple(state[k].shape)} vs backbone {tuple(target[k].shape)}"
+                    for k in matched if tuple(state[k].shape) != tuple(target[k].shape)]
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = sorted(set(state) - set(target))
+    if not matched:
+        raise CheckpointError(
+            f"'{path}' shares no weight name with the backbone {getattr(backbone, 'spec', lambda: {})()}; "
+            f"file keys look like {list(state)[:5]}, backbone keys like {list(target)[:5]}; pass key_map")
+    if shape_errors or missing:
+        raise CheckpointError(
+            f"'{path}' would leave the backbone partly untrained: {len(missing)} missing weight(s) "
+            f"{missing[:5]}, {len(shape_errors)} shape mismatch(es) {shape_errors[:3]}")
+    backbone.load_state_dict({k: state[k] for k in matched}, strict=False)
+    if unexpected:
+        logger.info("ignored %d key(s) of '%s' that the backbone does not have, e.g. %s", len(unexpected), path,
+                    unexpected[:5])
+    return {"source": path, "format": "state_dict", "loaded": len(matched), "unexpected": unexpected}
