@@ -10,8 +10,8 @@ import importlib
 
 _EXPORTS = {
     "datalist": ["build_datalist", "check_datalist", "datalist_from_class_folders", "datalist_from_csv",
-                 "datalist_from_dicom_folder", "kermany_patient_id", "load_datalist", "write_datalist"],
-    "dataset": ["CXRCacheDataset", "resolve_datalist", "ssl_dataloader", "training_items"],
+                 "datalist_from_dicom_folder", "datalist_from_image_folder", "kermany_patient_id", "load_datalist", "write_datalist"],
+    "dataset": ["CXRCacheDataset", "inference_items", "resolve_datalist", "ssl_dataloader", "training_items"],
     "classification": ["ClassificationData"],
     "io": ["read_cxr", "read_dicom_header"],
     "phantoms": ["make_phantom", "write_demo_dataset"],

@@ -99,7 +99,7 @@ class ClassificationData:
         check_datalist(items, required_keys=("image", self.label_key), check_files=check_files,
                        source=f"{self.source}:{split}")
         check_targets(items, self.task, self.num_outputs, self.uncertain, f"{self.source}:{split}")
-        return items
+        return [{"patient_id": "", **e} for e in items]  # every entry has the key (empty: unknown)
 
     def _require_both_classes(self, y: np.ndarray, what: str) -> None:
         if self.task == "multiclass":

@@ -567,6 +567,45 @@ def _read_dicom_header(path: Path):
     return ds if has_image else None
 
 
+def _dicom_entry(path: Path, ds) -> dict[str, Any]:
+    """Datalist entry of a DICOM image: patient id from ``PatientID`` (else the file stem), study id."""
+    entry: dict[str, Any] = {"image": str(path)}
+    pid = str(ds.get("PatientID", "") or "").strip()
+    if not pid:
+        pid = _stem(path)
+        logger.warning("DICOM file '%s' has no PatientID; using the file stem '%s' as patient id", path, pid)
+    entry["patient_id"] = pid
+    study = str(ds.get("StudyInstanceUID", "") or "").strip()
+    if study:
+        entry["study_id"] = study
+    return entry
+
+
+def datalist_from_image_folder(root: str | os.PathLike, *, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> dict:
+    """Datalist of every radiograph below ``root``, unlabeled, all in ``"training"`` (e.g. for inference).
+
+    Files with an image ending are taken as they are (DICOM ones with their header's patient and
+    study); other files are taken when they are DICOM images (files without ending or meta header).
+
+    Raises:
+        DatalistError: ``root`` is missing or holds no image.
+    """
+    root = _require_dir(root, "image folder")
+    exts = _normalize_extensions(extensions)
+    entries = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()
+                       and not any(s.startswith(".") for s in p.relative_to(root).parts)):
+        if _looks_like_dicom(path) or not _has_extension(path, exts):
+            ds = _read_dicom_header(path)
+            if ds is not None:
+                entries.append(_dicom_entry(path, ds))
+        else:
+            entries.append({"image": str(path), "patient_id": ""})
+    if not entries:
+        raise DatalistError(f"no radiographs found below '{root}' (expected files ending in {list(exts)} or DICOM files)")
+    return _make_datalist(f"images under {root}", "unlabeled", [], {"training": entries})
+
+
 def datalist_from_dicom_folder(root: str | os.PathLike, *, recursive: bool = True) -> dict:
     """Datalist of the DICOM images in a folder (unlabeled, all in ``"training"``).
 
@@ -596,16 +635,7 @@ def datalist_from_dicom_folder(root: str | os.PathLike, *, recursive: bool = Tru
         ds = _read_dicom_header(path)
         if ds is None:
             continue
-        entry: dict[str, Any] = {"image": str(path)}
-        pid = str(ds.get("PatientID", "") or "").strip()
-        if not pid:
-            pid = _stem(path)
-            logger.warning("DICOM file '%s' has no PatientID; using the file stem '%s' as patient id", path, pid)
-        entry["patient_id"] = pid
-        study = str(ds.get("StudyInstanceUID", "") or "").strip()
-        if study:
-            entry["study_id"] = study
-        entries.append(entry)
+        entries.append(_dicom_entry(path, ds))
     if not entries:
         raise DatalistError(
             f"no DICOM images found {'below' if recursive else 'in'} '{root}' "

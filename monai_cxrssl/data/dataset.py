@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from collections.abc import Sequence
 
 import torch
@@ -21,13 +22,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 from monai.data import CacheDataset
 
-from monai_cxrssl.data.datalist import build_datalist, check_datalist, load_datalist
+from monai_cxrssl.data.datalist import build_datalist, check_datalist, datalist_from_image_folder, load_datalist
 from monai_cxrssl.data.phantoms import demo_datalist_path, write_demo_dataset
 from monai_cxrssl.distributed import get_rank, get_world_size
 from monai_cxrssl.exceptions import CXRReadError, DatalistError
 from monai_cxrssl.utils import as_bool
 
-__all__ = ["resolve_datalist", "training_items", "CXRCacheDataset", "ssl_dataloader"]
+__all__ = ["resolve_datalist", "training_items", "inference_items", "CXRCacheDataset", "ssl_dataloader"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,30 @@ def training_items(dataset_dir: str | os.PathLike | None = None, datalist: str |
     if split not in dl:
         raise DatalistError(f"datalist from '{source}' has no '{split}' list; it has {sorted(k for k in dl if isinstance(dl[k], list))}")
     return check_datalist(dl[split], required_keys=required_keys, check_files=True, source=f"{source}:{split}")
+
+
+def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict]:
+    """Entries to predict on: every radiograph below a folder, or one list of a datalist JSON.
+
+    Args:
+        source: a folder (PNG/JPEG/NIfTI/DICOM files, searched recursively) or a datalist JSON.
+        split: the datalist's list to use (``training``, ``validation``, ``test``), or ``all``.
+    """
+    if not source:
+        raise DatalistError("no input given: set input to a folder of radiographs or a datalist JSON")
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".json":
+        dl = load_datalist(path, keys=None)
+        lists = [k for k in ("training", "validation", "test") if isinstance(dl.get(k), list)]
+        if split != "all" and split not in lists:
+            raise DatalistError(f"datalist '{path}' has no '{split}' list; it has {lists} (or use split 'all')")
+        items = [e for k in (lists if split == "all" else [split]) for e in dl[k]]
+    elif path.is_dir():
+        items = datalist_from_image_folder(path)["training"]
+    else:
+        raise DatalistError(f"input '{path}' is neither a folder nor a datalist .json file")
+    items = check_datalist(items, required_keys=("image",), check_files=True, source=str(path))
+    return [{"patient_id": "", **e} for e in items]
 
 
 class CXRCacheDataset(CacheDataset):

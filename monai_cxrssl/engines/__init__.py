@@ -1,6 +1,7 @@
 """The SSL trainer on MONAI/Ignite engines, and its handlers and schedules."""
 
-from .checkpoint import SSLCheckpoint
+from .classification import BestModelHandler, ClassificationBatch, load_trained_classifier
+from .checkpoint import ClassifierCheckpoint, SSLCheckpoint, TrainingCheckpoint
 from .progress import ProgressHandler
 from .precision import autocast, cpu_supports_bf16, resolve_precision
 from .schedules import warmup_cosine

@@ -1,13 +1,14 @@
-"""Ignite handler saving and resuming SSL training, and exporting the pretrained backbone.
+"""Ignite handlers that save and resume training exactly, and export what downstream work loads.
 
-Files under ``save_dir``:
+:class:`TrainingCheckpoint` writes ``save_dir/checkpoint.pt`` every ``save_interval`` epochs and
+at the end: the network's whole state (for SSL: backbone, heads, momentum encoders, queues,
+centres), optimiser, scheduler, epoch and iteration, the state of any other stateful handler
+(best score, early-stopping counter), and what identifies the run (method, backbone spec), which
+is checked on resume before any training. All files are written atomically.
 
-- ``checkpoint.pt``: the whole training state (method incl. queues/teachers, optimiser,
-  scheduler, epoch, iteration, seed), for exact resumption;
-- ``models/model.pt``: the method's ``state_dict`` (MONAI bundle convention for ``network_def``);
-- ``models/backbone.pt``: the pretrained backbone and its spec, for downstream bundles.
-
-All are written atomically. Saving happens every ``save_interval`` epochs and at the end.
+- :class:`SSLCheckpoint` also exports ``models/model.pt`` (the method's state dict, the bundle's
+  ``network_def``) and ``models/backbone.pt`` (the pretrained backbone and its spec).
+- :class:`ClassifierCheckpoint` leaves ``models/model.pt`` to the best-model handler.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -22,44 +24,44 @@ import torch
 from ignite.engine import Engine, Events
 
 import monai_cxrssl
-from monai_cxrssl.checkpoints import (
-    BACKBONE_EXPORT,
-    SSL_CHECKPOINT,
-    atomic_save,
-    check_backbone_spec,
-    read_checkpoint,
-)
+from monai_cxrssl.checkpoints import BACKBONE_EXPORT, SSL_CHECKPOINT, atomic_save, check_backbone_spec, read_checkpoint
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.utils import as_bool
 
-__all__ = ["SSLCheckpoint"]
+__all__ = ["TrainingCheckpoint", "SSLCheckpoint", "ClassifierCheckpoint", "CLASSIFIER_CHECKPOINT"]
 
 logger = logging.getLogger(__name__)
 
+CLASSIFIER_CHECKPOINT = "monai_cxrssl/classifier-checkpoint"
 
-class SSLCheckpoint:
-    """Save, export and resume.
+
+class TrainingCheckpoint:
+    """Save and resume a training run.
 
     Args:
         save_dir: output folder.
-        method: the SSL method being trained.
+        network: the trained module (its whole ``state_dict`` is saved).
         optimizer: its optimiser.
-        lr_scheduler: the (iteration-level) scheduler, if any.
+        lr_scheduler: the scheduler, if any.
         save_interval: save every this many epochs (and always at the end).
-        resume: ``False`` to start fresh; ``True`` to resume from ``save_dir/checkpoint.pt``
-            (an error if it is missing); or a path to a checkpoint.
-        metadata: extra JSON-able facts stored in every file (data source, config...).
+        resume: ``False`` to start fresh; ``True`` to resume from ``save_dir/checkpoint.pt`` (an error
+            if it is missing); or a path to a checkpoint.
+        metadata: extra JSON-able facts stored in every file (data source, settings...).
+        extra_state: other objects with ``state_dict``/``load_state_dict`` to save and restore.
     """
 
-    def __init__(self, save_dir, method, optimizer, lr_scheduler=None, save_interval: int = 1,
-                 resume: bool | str = False, metadata: dict | None = None):
+    format = "monai_cxrssl/training-checkpoint"
+
+    def __init__(self, save_dir, network, optimizer, lr_scheduler=None, save_interval: int = 1,
+                 resume: bool | str = False, metadata: dict | None = None, extra_state: Mapping | None = None):
         self.save_dir = Path(save_dir)
-        self.method = method
+        self.network = network
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.save_interval = max(1, int(save_interval))
         self.resume = resume
         self.metadata = dict(metadata or {})
+        self.extra_state = dict(extra_state or {})
         self._last_saved_iteration = -1
 
     @property
@@ -71,11 +73,18 @@ class SSLCheckpoint:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
 
+    # ------------------------------------------------------------------- what subclasses define
+    def identity(self) -> dict:
+        """What must match between a checkpoint and the run resuming from it."""
+        return {}
+
+    def export(self, engine: Engine, common: dict) -> None:
+        """Write further files after each save."""
+
     # ------------------------------------------------------------------------------- saving
     def _common(self, engine: Engine) -> dict:
         return {
-            "method": self.method.name,
-            "backbone": self.method.export_backbone().spec(),
+            **self.identity(),
             "epoch": engine.state.epoch,
             "iteration": engine.state.iteration,
             "monai_cxrssl_version": monai_cxrssl.__version__,
@@ -88,46 +97,53 @@ class SSLCheckpoint:
             return
         common = self._common(engine)
         state = {
-            "format": SSL_CHECKPOINT,
+            "format": self.format,
             **common,
-            "state_dict": self.method.state_dict(),
+            "state_dict": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "extra_state": {k: v.state_dict() for k, v in self.extra_state.items()},
             "seed": getattr(engine, "seed", None),
             "torch_rng": torch.get_rng_state(),
         }
         atomic_save(state, self.checkpoint_path)
-        atomic_save(self.method.state_dict(), self.save_dir / "models" / "model.pt")
-        backbone = self.method.export_backbone()
-        atomic_save({"format": BACKBONE_EXPORT, **common, "state_dict": backbone.state_dict()},
-                    self.save_dir / "models" / "backbone.pt")
+        self.export(engine, common)
         self._last_saved_iteration = engine.state.iteration
         logger.info(f"saved checkpoint at epoch {engine.state.epoch} (iteration {engine.state.iteration}) "
                     f"to {self.checkpoint_path}")
 
     # ----------------------------------------------------------------------------- resuming
-    def maybe_resume(self, engine: Engine) -> None:
+    def _resume_path(self) -> Path | None:
         resume = self.resume
-        if isinstance(resume, (str, os.PathLike)) and str(resume).strip().lower() not in ("true", "false", "1", "0", "yes", "no", ""):
-            path = Path(resume)  # a checkpoint path
-        elif as_bool(resume, "resume"):
-            path = self.checkpoint_path
-        else:
+        if isinstance(resume, (str, os.PathLike)) and str(resume).strip().lower() not in (
+                "true", "false", "1", "0", "yes", "no", ""):
+            return Path(resume)  # a checkpoint path
+        return self.checkpoint_path if as_bool(resume, "resume") else None
+
+    def maybe_resume(self, engine: Engine) -> None:
+        path = self._resume_path()
+        if path is None:
             return
-        ckpt = read_checkpoint(path, SSL_CHECKPOINT)
-        if ckpt.get("method") != self.method.name:
-            raise CheckpointError(f"checkpoint '{path}' was written by method {ckpt.get('method')!r}; "
-                                  f"this run trains {self.method.name!r}")
-        check_backbone_spec(ckpt.get("backbone", {}), self.method.export_backbone().spec(), str(path))
+        ckpt = read_checkpoint(path, self.format)
+        for key, expected in self.identity().items():
+            found = ckpt.get(key)
+            if key == "backbone":
+                check_backbone_spec(found or {}, expected, str(path))
+            elif found != expected:
+                raise CheckpointError(f"checkpoint '{path}' has {key} {found!r}; this run has {expected!r}")
         try:
-            self.method.load_state_dict(ckpt["state_dict"], strict=True)
+            self.network.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as e:
-            raise CheckpointError(f"checkpoint '{path}' does not fit this method: {e}") from e
+            raise CheckpointError(f"checkpoint '{path}' does not fit this network: {e}") from e
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.lr_scheduler is not None:
             if ckpt.get("lr_scheduler") is None:
                 raise CheckpointError(f"checkpoint '{path}' has no scheduler state, but this run uses a scheduler")
             self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        for k, obj in self.extra_state.items():
+            if k not in ckpt.get("extra_state", {}):
+                raise CheckpointError(f"checkpoint '{path}' has no '{k}' state")
+            obj.load_state_dict(ckpt["extra_state"][k])
         if ckpt.get("torch_rng") is not None:
             torch.set_rng_state(ckpt["torch_rng"])
         if ckpt["epoch"] > engine.state.max_epochs:
@@ -137,3 +153,37 @@ class SSLCheckpoint:
         engine.state.iteration = ckpt["iteration"]
         self._last_saved_iteration = ckpt["iteration"]
         logger.info(f"resumed from {path} at epoch {ckpt['epoch']} (iteration {ckpt['iteration']})")
+
+
+class SSLCheckpoint(TrainingCheckpoint):
+    """Training checkpoint of an SSL method, exporting its pretrained backbone.
+
+    Args:
+        method: the SSL method (saved whole: backbone, heads, momentum encoders, queues...).
+        other arguments: see :class:`TrainingCheckpoint`.
+    """
+
+    format = SSL_CHECKPOINT
+
+    def __init__(self, save_dir, method, optimizer, lr_scheduler=None, save_interval: int = 1,
+                 resume: bool | str = False, metadata: dict | None = None, extra_state: Mapping | None = None):
+        super().__init__(save_dir, method, optimizer, lr_scheduler, save_interval, resume, metadata, extra_state)
+
+    def identity(self) -> dict:
+        return {"method": self.network.name, "backbone": self.network.export_backbone().spec()}
+
+    def export(self, engine: Engine, common: dict) -> None:
+        atomic_save(self.network.state_dict(), self.save_dir / "models" / "model.pt")
+        backbone = self.network.export_backbone()
+        atomic_save({"format": BACKBONE_EXPORT, **common, "state_dict": backbone.state_dict()},
+                    self.save_dir / "models" / "backbone.pt")
+
+
+class ClassifierCheckpoint(TrainingCheckpoint):
+    """Training checkpoint of a :class:`~monai_cxrssl.networks.CXRClassifier` (mode, outputs and backbone checked)."""
+
+    format = CLASSIFIER_CHECKPOINT
+
+    def identity(self) -> dict:
+        return {"mode": self.network.mode, "num_outputs": self.network.head[-1].out_features,
+                "backbone": self.network.backbone.spec()}

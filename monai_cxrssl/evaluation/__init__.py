@@ -3,6 +3,8 @@
 - :mod:`monai_cxrssl.evaluation.stats`: numpy in, plain Python floats and dicts out; no bundle needed.
 """
 
+from .metrics import MacroAUC, probabilities
+from .report import PredictionReport, output_names
 from .stats import (
     auc,
     bootstrap_auc_ci,
@@ -14,6 +16,10 @@ from .stats import (
 )
 
 __all__ = [
+    "MacroAUC",
+    "probabilities",
+    "PredictionReport",
+    "output_names",
     "auc",
     "multilabel_auc",
     "bootstrap_auc_ci",

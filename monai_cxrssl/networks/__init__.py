@@ -1,5 +1,6 @@
 """Backbones (feature extractors over MONAI networks) and heads."""
 
 from .backbones import BACKBONES, Backbone, build_backbone, register_backbone
-from .classifier import CXRClassifier
+from .classifier import CXRClassifier, build_classifier
 from .heads import ProjectionHead
+from .weights import init_backbone, map_state_dict

@@ -7,7 +7,7 @@ from torch import nn
 
 from monai_cxrssl.networks.backbones import Backbone
 
-__all__ = ["CXRClassifier"]
+__all__ = ["CXRClassifier", "build_classifier"]
 
 MODES = ("linear", "finetune")
 
@@ -59,3 +59,22 @@ class CXRClassifier(nn.Module):
             groups.append({"params": list(self.backbone.parameters()), "lr": lr * backbone_lr_factor,
                            "name": "backbone"})
         return groups
+
+
+def build_classifier(backbone: str = "resnet18", num_outputs: int = 1, mode: str = "finetune",
+                     init_weights: str | None = "random", key_map: dict | None = None, dropout: float = 0.0,
+                     in_channels: int = 1, **backbone_kwargs) -> CXRClassifier:
+    """A classifier whose backbone is built by name and initialised from ``init_weights``.
+
+    ``init_weights``: ``random``, a backbone export / training checkpoint of this project, or an
+    outside state dict (see :func:`~monai_cxrssl.networks.weights.init_backbone`). What was loaded
+    is kept in ``classifier.init_report`` (and recorded with the trained model).
+    """
+    from monai_cxrssl.networks.backbones import build_backbone
+    from monai_cxrssl.networks.weights import init_backbone
+
+    net = build_backbone(backbone, in_channels=in_channels, **backbone_kwargs)
+    report = init_backbone(net, init_weights, key_map)
+    model = CXRClassifier(net, num_outputs=num_outputs, mode=mode, dropout=dropout)
+    model.init_report = report
+    return model

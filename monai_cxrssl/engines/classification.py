@@ -1,0 +1,160 @@
+"""Pieces that turn MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` into the CXR classifier workflow.
+
+- :class:`ClassificationBatch`: the engines' ``prepare_batch``: normalised (and, when training
+  end to end, augmented on the device) images and target vectors;
+- :class:`BestModelHandler`: on the validator, keeps the best model by validation AUC (written
+  atomically with a JSON of what it is), and stops early after ``patience`` epochs without gain;
+- :func:`load_trained_classifier`: rebuilds a trained classifier from its output folder for
+  evaluation, inference or export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ignite.engine import Engine, Events
+
+from monai_cxrssl.checkpoints import atomic_save, read_checkpoint
+from monai_cxrssl.data.views import CXRViewAugment
+from monai_cxrssl.exceptions import CheckpointError
+from monai_cxrssl.utils import atomic_write
+
+__all__ = ["ClassificationBatch", "BestModelHandler", "load_trained_classifier", "MODEL_INFO"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_INFO = "model_info.json"
+
+
+class ClassificationBatch:
+    """``prepare_batch`` for MONAI engines: ``(images, targets)`` on the device.
+
+    Args:
+        augment: augmentation applied to the whole batch on the device (it also normalises), or
+            ``None`` for evaluation: then images are only normalised.
+        mean, std: normalisation when ``augment`` is ``None`` (the same as the SSL views').
+        image_key, target_key: batch keys; a batch without ``target_key`` gives ``None`` targets.
+        seed: seed of the augmentation; each call draws from ``(seed, call number)``, and the call
+            counter is part of :meth:`state_dict` so that a resumed run continues the sequence.
+    """
+
+    def __init__(self, augment: CXRViewAugment | None = None, mean: float = 0.5, std: float = 0.25,
+                 image_key: str = "image", target_key: str = "target", seed: int = 0):
+        self.augment = augment
+        self.mean, self.std = float(mean), float(std)
+        self.image_key, self.target_key = image_key, target_key
+        self.seed = int(seed)
+        self.calls = 0
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        x = torch.as_tensor(batchdata[self.image_key]).to(device, non_blocking=non_blocking)
+        if self.augment is not None:
+            s = np.random.SeedSequence([self.seed, self.calls]).generate_state(2)
+            gen = torch.Generator(device=x.device).manual_seed(int(s[1]))
+            x = self.augment(x, np.random.RandomState(int(s[0])), gen)
+            self.calls += 1
+        else:
+            x = (x.float() - self.mean) / self.std
+        y = batchdata.get(self.target_key)
+        return x, (None if y is None else torch.as_tensor(y).to(device, non_blocking=non_blocking))
+
+    def state_dict(self) -> dict:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state["calls"])
+
+
+class BestModelHandler:
+    """Keep the best model by a validation metric; optionally stop early.
+
+    Attach to the validator. After each validation it compares ``metric_name`` with the best so
+    far; on improvement it writes ``save_dir/models/model.pt`` (the network's state dict) and
+    ``save_dir/models/model_info.json`` (score, epoch, and ``info``: what the model is and how it
+    was made), both atomically. With ``patience > 0`` the trainer stops after that many
+    validations without improvement.
+
+    Args:
+        save_dir: output folder.
+        network: the classifier.
+        metric_name: key of the validator's metric (higher is better).
+        patience: validations without improvement before stopping; 0 never stops.
+        info: JSON-able description stored with the best model.
+        trainer: the trainer to stop (or call :meth:`set_trainer`).
+    """
+
+    def __init__(self, save_dir, network, metric_name: str = "val_auc", patience: int = 0, info: dict | None = None,
+                 trainer: Engine | None = None):
+        self.save_dir = Path(save_dir)
+        self.network = network
+        self.metric_name = metric_name
+        self.patience = int(patience)
+        self.info = dict(info or {})
+        self.trainer = trainer
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_rounds = 0
+
+    def set_trainer(self, trainer: Engine) -> None:
+        self.trainer = trainer
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, evaluator: Engine) -> None:
+        score = float(evaluator.state.metrics[self.metric_name])
+        epoch = self.trainer.state.epoch if self.trainer is not None else None
+        if not math.isnan(score) and (self.best is None or score > self.best):
+            self.best, self.best_epoch, self.bad_rounds = score, epoch, 0
+            models = self.save_dir / "models"
+            atomic_save(self.network.state_dict(), models / "model.pt")
+            with atomic_write(models / MODEL_INFO, "w", encoding="utf-8") as f:
+                json.dump({**self.info, "best_metric": {self.metric_name: score}, "best_epoch": epoch}, f, indent=1,
+                          default=str)
+            logger.info("new best %s %.4f at epoch %s: saved %s", self.metric_name, score, epoch, models / "model.pt")
+            return
+        self.bad_rounds += 1
+        if math.isnan(score):
+            logger.warning("%s is undefined at epoch %s (a validation output has one class only)", self.metric_name, epoch)
+        if self.patience and self.bad_rounds >= self.patience and self.trainer is not None:
+            logger.info("early stopping: no %s gain for %d validation(s); best %.4f at epoch %s", self.metric_name,
+                        self.bad_rounds, self.best if self.best is not None else float("nan"), self.best_epoch)
+            self.trainer.terminate()
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_rounds": self.bad_rounds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch, self.bad_rounds = state["best"], state["best_epoch"], int(state["bad_rounds"])
+
+
+def load_trained_classifier(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuild the classifier saved by :class:`BestModelHandler` in ``model_dir`` (its ``models/`` folder).
+
+    Returns:
+        the network in eval mode on ``device``, with its ``info`` dict (task, classes, image size...) as ``.info``.
+    """
+    from monai_cxrssl.networks import CXRClassifier, build_backbone
+
+    models = Path(model_dir) / "models" if (Path(model_dir) / "models").is_dir() else Path(model_dir)
+    info_path = models / MODEL_INFO
+    if not info_path.is_file():
+        raise CheckpointError(f"'{info_path}' does not exist: expected the output folder of a classifier training run")
+    info = json.loads(info_path.read_text())
+    spec = dict(info["backbone"])
+    backbone = build_backbone(spec.pop("name"), **{k: v for k, v in spec.items() if k != "out_dim"})
+    net = CXRClassifier(backbone, num_outputs=int(info["num_outputs"]), mode=info.get("mode", "finetune"))
+    state = read_checkpoint(models / "model.pt")
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"'{models / 'model.pt'}' does not fit the classifier described in {info_path}: {e}") from e
+    net.info = info
+    return net.to(device).eval()

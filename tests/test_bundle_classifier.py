@@ -1,0 +1,99 @@
+"""End to end through ``python -m monai.bundle``: SimCLR pretraining -> linear probe at a label fraction
+-> evaluation with confidence intervals -> inference; resumption and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from monai_cxrssl.checkpoints import read_checkpoint
+from monai_cxrssl.paths import REPO_ROOT
+
+BUNDLES = REPO_ROOT / "bundles"
+TRAIN = str(BUNDLES / "cxr_classifier" / "configs" / "train.json")
+EVALUATE = str(BUNDLES / "cxr_classifier" / "configs" / "evaluate.json")
+INFER = str(BUNDLES / "cxr_classifier" / "configs" / "inference.json")
+SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10", "--progress", "false",
+         "--cache_workers", "1"]
+
+
+def bundle(config, out_dir, *args, check=True):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--output_dir", str(out_dir),
+           *map(str, args)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("simclr")
+    bundle(str(BUNDLES / "simclr_cxr" / "configs" / "train.json"), out, "--epochs", "1", "--precision", "fp32", *SMALL)
+    return out / "models" / "backbone.pt"
+
+
+@pytest.mark.slow
+def test_pretrain_probe_evaluate_infer(tmp_path, pretrained):
+    out = tmp_path / "probe"
+    bundle(TRAIN, out, "--mode", "linear", "--init_weights", pretrained, "--label_fraction", "0.5",
+           "--epochs", "2", "--learning_rate", "0.01", *SMALL)
+    info = json.loads((out / "models" / "model_info.json").read_text())
+    assert info["mode"] == "linear" and info["init"]["source"] == str(pretrained) and info["init"]["method"] == "simclr"
+    assert info["label_fraction"] == 0.5 and info["best_epoch"] in (1, 2)
+    # linear probe: the backbone in the trained model is exactly the pretrained one
+    pre = read_checkpoint(pretrained)["state_dict"]
+    model = read_checkpoint(out / "models" / "model.pt")
+    assert all(torch.equal(model["backbone." + k], v) for k, v in pre.items())
+
+    bundle(f"['{TRAIN}','{EVALUATE}']", out, "--mode", "linear", "--label_fraction", "0.5", "--n_resamples", "100",
+           *SMALL)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(out / "eval" / "predictions.csv")))
+    y = np.array([int(r["target_opacity"]) for r in rows])
+    p = np.array([float(r["prob_opacity"]) for r in rows])
+    assert metrics["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-4)
+    assert metrics["ci_low"] <= metrics["auc"] <= metrics["ci_high"] and metrics["resampling"] == "group"
+
+    bundle(INFER, out, "--input", out / "demo_data" / "datalist.json", "--datalist_split", "test")
+    inferred = list(csv.DictReader(open(out / "inference" / "predictions.csv")))
+    assert [r["image"] for r in inferred] == [r["image"] for r in rows]
+    assert np.allclose([float(r["prob_opacity"]) for r in inferred], p, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_finetune_resumes_and_refuses_a_foreign_backbone(tmp_path, pretrained):
+    out = tmp_path / "ft"
+    bundle(TRAIN, out, "--mode", "finetune", "--epochs", "1", *SMALL)
+    bundle(TRAIN, out, "--mode", "finetune", "--epochs", "2", "--resume", "true", *SMALL)
+    ckpt = read_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and ckpt["extra_state"]["batches"]["calls"] == ckpt["iteration"]
+    # a checkpoint of another backbone is refused before training, naming the problem
+    proc = bundle(TRAIN, tmp_path / "bad", "--init_weights", pretrained, *[a if a != "resnet10" else "resnet18"
+                                                                          for a in SMALL], check=False)
+    assert proc.returncode != 0 and "resnet18" in proc.stdout + proc.stderr
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_multilabel_nih_and_missing_label_column(tmp_path, nih_dir):
+    out = tmp_path / "nih"
+    bundle(TRAIN, out, "--dataset_dir", nih_dir, "--mode", "finetune", "--epochs", "1", "--label_fraction", "0.1",
+           *SMALL)
+    info = json.loads((out / "models" / "model_info.json").read_text())
+    assert info["task"] == "multilabel" and info["num_outputs"] == 14 and len(info["classes"]) == 14
+    bundle(f"['{TRAIN}','{EVALUATE}']", out, "--dataset_dir", nih_dir, "--n_resamples", "50", *SMALL)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert set(metrics["per_output"]) <= set(info["classes"]) and metrics["n_images"] == 200
+    # a binary task on a datalist without 'label' fails up front naming the key
+    proc = bundle(TRAIN, tmp_path / "bad", "--dataset_dir", nih_dir, "--task", "binary", *SMALL, check=False)
+    assert proc.returncode != 0 and "'label'" in proc.stdout + proc.stderr
