@@ -261,7 +261,26 @@ def _register_leakage(subparsers) -> None:
 # ---------------------------------------------------------------------------------------------
 
 #: Functions ``register(subparsers)`` adding one command each, or ``"module:function"`` strings.
-REGISTRARS: list[Registrar | str] = [_register_datalist, _register_split, _register_leakage]
+def _cmd_export(args: argparse.Namespace) -> int:
+    from monai_cxrssl.engines.classification import export_torchscript
+
+    print(export_torchscript(args.model_dir, args.output))
+    return 0
+
+
+def _register_export(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a trained classifier to TorchScript (checked against the eager model)",
+        description="Trace the best model of a cxr_classifier run (its output_dir) and save it with its "
+        "model_info as TorchScript metadata; the traced model must reproduce the eager outputs.",
+    )
+    p.add_argument("model_dir", help="the classifier run's output_dir (holding models/model.pt and model_info.json)")
+    p.add_argument("-o", "--output", help="the .ts file (default: MODEL_DIR/models/model.ts)")
+    p.set_defaults(func=_cmd_export)
+
+
+REGISTRARS: list[Registrar | str] = [_register_datalist, _register_split, _register_leakage, _register_export]
 
 
 def _resolve(registrar: Registrar | str) -> Registrar:

@@ -1,6 +1,6 @@
 """The SSL trainer on MONAI/Ignite engines, and its handlers and schedules."""
 
-from .classification import BestModelHandler, ClassificationBatch, load_trained_classifier
+from .classification import BestModelHandler, ClassificationBatch, export_torchscript, load_trained_classifier
 from .checkpoint import ClassifierCheckpoint, SSLCheckpoint, TrainingCheckpoint
 from .progress import ProgressHandler
 from .precision import autocast, cpu_supports_bf16, resolve_precision

@@ -26,7 +26,7 @@ from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.utils import atomic_write
 
-__all__ = ["ClassificationBatch", "BestModelHandler", "load_trained_classifier", "MODEL_INFO"]
+__all__ = ["ClassificationBatch", "BestModelHandler", "load_trained_classifier", "export_torchscript", "MODEL_INFO"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,3 +158,35 @@ def load_trained_classifier(model_dir: str | os.PathLike, device: str | torch.de
         raise CheckpointError(f"'{models / 'model.pt'}' does not fit the classifier described in {info_path}: {e}") from e
     net.info = info
     return net.to(device).eval()
+
+
+def export_torchscript(model_dir: str | os.PathLike, filepath: str | os.PathLike | None = None,
+                       atol: float = 1e-5) -> Path:
+    """Export the trained classifier in ``model_dir`` to TorchScript and check it against the eager model.
+
+    The model is traced in eval mode on radiograph-sized input and saved with MONAI's
+    ``save_net_with_metadata`` (``model_info.json`` stored as its metadata). Before saving, the
+    traced and eager models must agree within ``atol`` on random input at two batch sizes.
+
+    Returns:
+        the written file (default ``model_dir/models/model.ts``).
+    """
+    from monai.data import save_net_with_metadata
+
+    net = load_trained_classifier(model_dir, "cpu")
+    size = int(net.info["image_size"])
+    g = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 1, size, size, generator=g)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, example, check_trace=False)
+        for n in (1, 3):
+            x = torch.randn(n, 1, size, size, generator=g)
+            diff = (traced(x) - net(x)).abs().max().item()
+            if diff > atol:
+                raise RuntimeError(f"TorchScript output differs from the eager model by {diff:.3g} (> {atol})")
+    models = Path(model_dir) / "models" if (Path(model_dir) / "models").is_dir() else Path(model_dir)
+    path = Path(filepath) if filepath else models / "model.ts"
+    with atomic_write(path) as f:
+        save_net_with_metadata(traced, f, meta_values=net.info)
+    logger.info("exported TorchScript classifier to %s (max |traced - eager| <= %g)", path, atol)
+    return path
