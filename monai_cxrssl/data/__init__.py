@@ -13,6 +13,7 @@ _EXPORTS = {
                  "datalist_from_dicom_folder", "datalist_from_image_folder", "kermany_patient_id", "load_datalist", "write_datalist"],
     "dataset": ["CXRCacheDataset", "inference_items", "resolve_datalist", "ssl_dataloader", "training_items"],
     "classification": ["ClassificationData"],
+    "features": ["FeatureDataset", "probe_inputs"],
     "io": ["read_cxr", "read_dicom_header"],
     "phantoms": ["make_phantom", "write_demo_dataset"],
     "splits": ["format_leakage_report", "label_fraction", "leakage_report", "patient_split"],

@@ -55,7 +55,9 @@ class ClassificationBatch:
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         x = torch.as_tensor(batchdata[self.image_key]).to(device, non_blocking=non_blocking)
-        if self.augment is not None:
+        if x.ndim == 2:  # precomputed features (linear probing): nothing to augment or normalise
+            pass
+        elif self.augment is not None:
             s = np.random.SeedSequence([self.seed, self.calls]).generate_state(2)
             gen = torch.Generator(device=x.device).manual_seed(int(s[1]))
             x = self.augment(x, np.random.RandomState(int(s[0])), gen)

@@ -88,7 +88,7 @@ class PredictionReport:
             w.writerow(["image", "patient_id"] + [f"prob_{n}" for n in names]
                        + ([f"target_{n}" for n in names] if targets is not None else []))
             for i in range(probs.shape[0]):
-                row = [self._paths[i], self._groups[i]] + [f"{p:.6f}" for p in probs[i]]
+                row = [self._paths[i], self._groups[i]] + [repr(float(p)) for p in probs[i]]  # exact: no ties from rounding
                 if targets is not None:
                     row += ["" if np.isnan(t) else int(t) for t in targets[i]]
                 w.writerow(row)

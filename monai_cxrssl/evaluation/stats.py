@@ -23,6 +23,10 @@ Confidence intervals:
   replacement and contribute all their rows (cluster / patient-level bootstrap, Davison & Hinkley
   1997, sec. 3.8; Field & Welsh 2007): rows of one patient are correlated, and resampling them one
   by one understates the uncertainty.
+- :func:`seed_averaged_bootstrap`: the same percentile bootstrap for experiments repeated over
+  several seeds (training runs) on one test set: every run is evaluated on the *same* resamples,
+  the AUCs are averaged over seeds within each resample, and paired differences between two
+  configurations are taken seed by seed.
 - :func:`delong_ci` and :func:`delong_test`: asymptotic variance from the structural components of
   DeLong, DeLong & Clarke-Pearson (1988), computed with midranks as in Sun & Xu (2014).
 
@@ -42,7 +46,7 @@ References:
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +57,7 @@ __all__ = [
     "multilabel_auc",
     "bootstrap_auc_ci",
     "paired_bootstrap_auc_diff",
+    "seed_averaged_bootstrap",
     "delong_ci",
     "delong_test",
     "sensitivity_specificity",
@@ -577,6 +582,156 @@ def paired_bootstrap_auc_diff(
                 key: None for key in ("diff", "ci_low", "ci_high", "p_value", "auc_a", "auc_b", "std")
             } | {"n_valid_resamples": 0}
     return {**out, **common, "per_finding": per, "excluded": list(problem.excluded)}
+
+
+def seed_averaged_bootstrap(
+    y_true,
+    runs: Mapping[Hashable, Mapping[Hashable, Any]],
+    *,
+    comparisons: Sequence[tuple[Hashable, Hashable]] = (),
+    groups=None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int | None = 0,
+    mask=None,
+    names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Seed-averaged AUCs and paired differences of repeated experiments, on shared bootstrap resamples.
+
+    ``runs`` maps a configuration (e.g. ``("simclr", "linear", 0.01)``) to its runs, ``{seed:
+    scores}``, all scored on the same test set ``y_true``. The resamples (rows, or whole groups
+    when ``groups`` is given; see :func:`bootstrap_auc_ci`) are drawn *once*, and every run is
+    evaluated on all of them: the same seed gives the same resamples as :func:`bootstrap_auc_ci`
+    and :func:`paired_bootstrap_auc_diff`.
+
+    For a configuration with seeds ``s = 1..S``, ``AUC_s`` the AUC of run ``s`` on the full test
+    set (macro mean over the findings with both classes for multi-label ``y_true``, as in
+    :func:`multilabel_auc`) and ``AUC*_s,b`` on resample ``b``:
+
+    - ``auc_mean = mean_s AUC_s``; ``auc_sd`` the standard deviation over seeds (``ddof=1``;
+      ``None`` for one seed): the training variability (which labelled subset, which initial head,
+      which batch order);
+    - ``ci_low``/``ci_high``: percentile interval of ``mean_s AUC*_s,b`` over the resamples ``b``:
+      the test-set sampling uncertainty of the seed mean; ``std`` is its bootstrap standard error.
+
+    For a comparison ``(a, b)`` of two configurations with the same seeds (seed ``s`` of ``a`` is
+    paired with seed ``s`` of ``b``: e.g. the same labelled subset, two initialisations):
+
+    - ``diff = mean_s (AUC_a,s - AUC_b,s)``; the interval is the percentile interval of
+      ``d*_b = mean_s (AUC*_a,s,b - AUC*_b,s,b)``, and the two-sided p-value is that of
+      :func:`paired_bootstrap_auc_diff`, ``min(1, 2 * min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (B' + 1))``.
+      With one seed per configuration this is exactly :func:`paired_bootstrap_auc_diff`.
+
+    Whether a resample has both classes depends on the labels only, so it is valid for every run
+    or for none; invalid resamples are dropped as in :func:`bootstrap_auc_ci`.
+
+    Args:
+        y_true: labels, ``(N,)`` or ``(N, K)``.
+        runs: ``{configuration: {seed: scores}}``, scores of the shape of ``y_true``; configuration
+            and seed keys are any hashables (they are returned as given).
+        comparisons: pairs ``(a, b)`` of configuration keys, for ``a - b``; both must have the same seeds.
+        groups: optional ``N`` group ids (patients) for cluster resampling.
+        n_resamples: number of bootstrap resamples.
+        confidence: coverage of the intervals, in (0, 1).
+        seed: seed of ``numpy.random.default_rng`` (the bootstrap's, not the runs').
+        mask: optional boolean of the shape of ``y_true``, ``True`` = entry used (by every run).
+        names: multi-label only: ``K`` finding names.
+
+    Returns:
+        a dict with keys
+
+        - ``"configurations"``: a list, in the order of ``runs``, of dicts with ``"key"``,
+          ``"seeds"`` (list), ``"per_seed_auc"`` (list, same order), ``"n_seeds"``, ``"auc_mean"``,
+          ``"auc_sd"``, ``"ci_low"``, ``"ci_high"``, ``"std"``, ``"n_valid_resamples"``;
+        - ``"comparisons"``: a list, in the order of ``comparisons``, of dicts with ``"a"``, ``"b"``,
+          ``"seeds"``, ``"per_seed_diff"``, ``"n_seeds"``, ``"diff"``, ``"ci_low"``, ``"ci_high"``,
+          ``"p_value"``, ``"auc_a"``, ``"auc_b"`` (seed means), ``"std"``, ``"n_valid_resamples"``;
+        - ``"n_resamples"``, ``"confidence"``, ``"resampling"``, ``"n_units"``; multi-label also
+          ``"included"`` and ``"excluded"`` (findings in / out of the macro mean).
+
+    Raises:
+        ValueError: as :func:`bootstrap_auc_ci`; an empty ``runs`` or a configuration without runs;
+            a comparison naming an unknown configuration or pairing configurations with different seeds.
+    """
+    confidence = _check_confidence(confidence)
+    n_resamples = _check_n_resamples(n_resamples)
+    if not runs:
+        raise ValueError("runs is empty: give at least one configuration with at least one seed")
+    flat: dict[str, Any] = {}
+    index: dict[Hashable, list[tuple[Hashable, str]]] = {}
+    for config, per_seed in runs.items():
+        if not per_seed:
+            raise ValueError(f"configuration {config!r} has no runs")
+        index[config] = []
+        for s, scores in per_seed.items():
+            name = f"configuration {config!r}, seed {s!r}"
+            flat[name] = scores
+            index[config].append((s, name))
+    for a, b in comparisons:
+        for c in (a, b):
+            if c not in index:
+                raise ValueError(f"comparison ({a!r}, {b!r}) names {c!r}, which is not in runs {list(index)}")
+        if {s for s, _ in index[a]} != {s for s, _ in index[b]}:
+            raise ValueError(f"comparison ({a!r}, {b!r}) pairs runs seed by seed, but their seeds differ: "
+                             f"{[s for s, _ in index[a]]} vs {[s for s, _ in index[b]]}")
+    problem = _Problem(y_true, flat, mask=mask, names=names)
+    if not problem.included:
+        raise ValueError(f"no finding has both classes among its used entries: {problem.excluded}")
+    inc = problem.included
+    points = {}
+    for name in flat:
+        evaluators = problem.rank_aucs(name)
+        points[name] = float(np.mean([evaluators[j].point() for j in inc]))
+    samples, n_units, kind = _bootstrap_curves(problem, list(flat), groups, n_resamples, seed)
+    curves = {name: _macro(c, inc) for name, c in samples.items()}  # (B,) per run
+
+    configurations = []
+    for config, members in index.items():
+        aucs = [points[name] for _, name in members]
+        mean_curve = np.mean([curves[name] for _, name in members], axis=0)
+        summary = _summary(float(np.mean(aucs)), mean_curve, confidence)
+        _warn_invalid(f"seed_averaged_bootstrap ({config!r})", summary["n_valid_resamples"], n_resamples)
+        configurations.append({
+            "key": config,
+            "seeds": [s for s, _ in members],
+            "per_seed_auc": aucs,
+            "n_seeds": len(aucs),
+            "auc_mean": summary["auc"],
+            "auc_sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else None,
+            "ci_low": summary["ci_low"],
+            "ci_high": summary["ci_high"],
+            "std": summary["std"],
+            "n_valid_resamples": summary["n_valid_resamples"],
+        })
+    compared = []
+    for a, b in comparisons:
+        names_b = dict(index[b])
+        pairs = [(s, name, names_b[s]) for s, name in index[a]]
+        diffs = np.mean([curves[na] - curves[nb] for _, na, nb in pairs], axis=0)
+        auc_a = float(np.mean([points[na] for _, na, _ in pairs]))
+        auc_b = float(np.mean([points[nb] for _, _, nb in pairs]))
+        out = _diff_summary(auc_a, auc_b, diffs, confidence)
+        out["diff"] = float(np.mean([points[na] - points[nb] for _, na, nb in pairs]))
+        compared.append({
+            "a": a,
+            "b": b,
+            "seeds": [s for s, _, _ in pairs],
+            "per_seed_diff": [points[na] - points[nb] for _, na, nb in pairs],
+            "n_seeds": len(pairs),
+            **out,
+        })
+    result = {
+        "configurations": configurations,
+        "comparisons": compared,
+        "n_resamples": n_resamples,
+        "confidence": confidence,
+        "resampling": kind,
+        "n_units": n_units,
+    }
+    if problem.multi:
+        result["included"] = [problem.names[j] for j in inc]
+        result["excluded"] = list(problem.excluded)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ class CXRClassifier(nn.Module):
         self.backbone = backbone
         self.mode = mode
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.out_dim, num_outputs))
+        # feature standardisation before the head (identity unless fitted; see fit_feature_standardisation)
+        self.register_buffer("feature_mean", torch.zeros(backbone.out_dim))
+        self.register_buffer("feature_std", torch.ones(backbone.out_dim))
         if mode == "linear":
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
@@ -43,13 +46,24 @@ class CXRClassifier(nn.Module):
             self.backbone.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features of images ``(B, C, H, W)`` (without gradients in linear mode)."""
         if self.mode == "linear":
             with torch.no_grad():
-                feats = self.backbone(x)
-        else:
-            feats = self.backbone(x)
-        return self.head(feats.float())
+                return self.backbone(x).float()
+        return self.backbone(x).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of images ``(B, C, H, W)``, or of precomputed features ``(B, out_dim)`` (linear probing)."""
+        feats = x.float() if x.ndim == 2 else self.features(x)
+        return self.head((feats - self.feature_mean) / self.feature_std)
+
+    def fit_feature_standardisation(self, features: torch.Tensor, eps: float = 1e-6) -> None:
+        """Standardise features by the mean and standard deviation of ``features`` (training set), as a
+        logistic-regression probe on standardised features does. Saved with the model."""
+        features = features.float()
+        self.feature_mean.copy_(features.mean(0).to(self.feature_mean))
+        self.feature_std.copy_(features.std(0).clamp_min(eps).to(self.feature_std))
 
     def param_groups(self, lr: float, backbone_lr_factor: float = 1.0) -> list[dict]:
         """Optimiser parameter groups: the head at ``lr``, the backbone at ``lr * backbone_lr_factor``

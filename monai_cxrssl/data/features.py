@@ -1,0 +1,75 @@
+"""Precomputed backbone features for linear probing.
+
+A frozen backbone gives the same features every epoch (no augmentation in a linear probe), so
+they are computed once; training the linear head on them takes seconds instead of a forward
+pass over every image every epoch. The classifier takes features ``(B, D)`` as well as images.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["FeatureDataset", "probe_inputs"]
+
+logger = logging.getLogger(__name__)
+
+
+class FeatureDataset(Dataset):
+    """Items of ``dataset`` with ``image_key`` replaced by the classifier's backbone features.
+
+    Args:
+        dataset: yields dictionaries with preprocessed images in [0, 1].
+        network: a :class:`~monai_cxrssl.networks.CXRClassifier`.
+        prepare_batch: turns a batch into normalised images (``ClassificationBatch()``).
+        batch_size, device: for the one pass over the data.
+    """
+
+    def __init__(self, dataset, network, prepare_batch=None, batch_size: int = 64, device=None,
+                 image_key: str = "image"):
+        from monai.data import list_data_collate
+
+        from monai_cxrssl.engines.classification import ClassificationBatch
+
+        prepare_batch = prepare_batch or ClassificationBatch()
+        device = device or next(network.parameters()).device
+        was_training = network.training
+        network.eval()
+        self.items: list[dict] = []
+        with torch.no_grad():
+            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=list_data_collate):
+                x, _ = prepare_batch(batch, device)
+                feats = network.features(x).cpu()
+                n = feats.shape[0]
+                for i in range(n):
+                    item = {k: (v[i] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
+                    item[image_key] = feats[i]
+                    self.items.append(item)
+        network.train(was_training)
+        logger.info("computed %d backbone features of dimension %d once for linear probing", len(self.items),
+                    feats.shape[1] if self.items else 0)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+    def stack(self, image_key: str = "image") -> torch.Tensor:
+        return torch.stack([item[image_key] for item in self.items])
+
+
+def probe_inputs(dataset, network, fit_standardisation: bool = False, enabled: bool = True, batch_size: int = 64):
+    """What a classifier trains or validates on: precomputed features in linear mode (when ``enabled``),
+    else ``dataset`` itself. With ``fit_standardisation`` (the training set), the classifier's feature
+    standardisation is fitted on these features."""
+    from monai_cxrssl.utils import as_bool
+
+    if network.mode != "linear" or not as_bool(enabled, "cache_features"):
+        return dataset
+    feats = FeatureDataset(dataset, network, batch_size=batch_size)
+    if fit_standardisation:
+        network.fit_feature_standardisation(feats.stack())
+    return feats
