@@ -125,8 +125,7 @@ def test_statistics_one_seed_equal_the_paired_bootstrap_and_resamples_are_shared
     ci = bootstrap_auc_ci(y, a, groups=patients, n_resamples=300, seed=7)
     assert (rows["ssl"]["ci_low"], rows["ssl"]["ci_high"]) == pytest.approx((ci["ci_low"], ci["ci_high"]))
 
-    # seed averaging within each resample: the CI of the mean of two runs is not the mean of their CIs,
-    # but it is the CI of the mean score curve of... each resample: check against a direct computation
+    # two seeds: the AUCs of both runs on each shared resample are averaged, then the percentiles taken
     c = rng.normal(0, 1, y.size) + 0.5 * y
     res = seed_averaged_bootstrap(y, {"x": {0: a, 1: c}}, groups=patients, n_resamples=200, seed=2)
     conf = res["configurations"][0]
@@ -167,15 +166,14 @@ def test_statistics_multilabel_macro_and_mismatched_test_lists(tmp_path):
         assert got == pytest.approx((roc_auc_score(y[:, 0], p[:, 0]) + roc_auc_score(y[known, 1], p[known, 1])) / 2)
 
     # another test order in one run is refused, naming both files
-    bad = dict(runs)
+    files = _study(tmp_path, runs, patients, y, names)
     order = np.r_[1:y.shape[0], 0]
     spec = RunSpec("ssl", "finetune", 0.5, 1)
-    bad[spec] = _write(tmp_path / "bad" / "predictions.csv", [patients[i] for i in order], y[order],
-                       runs[spec][order], names)
-    files = {k: (v if isinstance(v, os.PathLike) else _write(tmp_path / k.name / "predictions.csv", patients, y, v,
-                                                                names)) for k, v in bad.items()}
-    with pytest.raises(StudyError, match="different test images"):
+    files[spec] = _write(tmp_path / "bad" / "predictions.csv", [patients[i] for i in order], y[order],
+                         runs[spec][order], names)
+    with pytest.raises(StudyError, match="different test images") as e:
         study_statistics(files, n_resamples=10)
+    assert str(files[spec]) in str(e.value)
 
     # no random init: comparisons skipped with a note
     only = {k: v for k, v in files.items() if k.init == "random"}
@@ -217,11 +215,11 @@ def _run(*args, cwd=REPO_ROOT):
 
 @pytest.mark.slow
 def test_tiny_study_end_to_end_then_resumed(tmp_path, capsys):
-    ssl = tmp_path / "simclr"
+    # a SimCLR backbone from 1 epoch (batch 32: 2 iterations; the phantoms are written where the study reuses them)
+    ssl, out = tmp_path / "simclr", tmp_path / "study"
     _run("-m", "monai.bundle", "run", "--config_file", REPO_ROOT / "bundles" / "simclr_cxr" / "configs" / "train.json",
-         "--backbone", "resnet10", "--image_size", "32", "--batch_size", "8", "--epochs", "1", "--precision", "fp32",
-         "--progress", "false", "--cache_workers", "1", "--output_dir", ssl)
-    out = tmp_path / "study"
+         "--backbone", "resnet10", "--image_size", "32", "--batch_size", "32", "--epochs", "1", "--precision", "fp32",
+         "--progress", "false", "--cache_workers", "1", "--output_dir", ssl, "--demo_dir", out / "demo_data")
     args = ["--out", out, "--allow-demo", "--init", "random", "--init", f"simclr={ssl / 'models' / 'backbone.pt'}",
             "--modes", "linear", "--fractions", "0.5", "1.0", "--seeds", "0", "1", "--epochs-linear", "1",
             "--n-resamples", "200", "--eval-resamples", "20", "--set", "cache_workers=1", *SMALL]
@@ -257,13 +255,24 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path, capsys):
     assert {n: (out / "runs" / n / "done.json").stat().st_mtime_ns for n in names} == mtimes
     assert json.loads((out / "results.json").read_text())["table"] == table
 
+    # an interrupted run (folder without done.json) is deleted and redone from scratch; the others are kept
+    redo = out / "runs" / names[0]
+    (redo / "done.json").unlink()
+    (redo / "stale.txt").write_text("left by the interrupted run")
+    assert main(list(map(str, args))) == 0
+    log = capsys.readouterr().out
+    assert f"run 1/8 {names[0]}: found an interrupted run" in log and log.count(": skipped (done") == 7
+    assert (redo / "done.json").is_file() and not (redo / "stale.txt").exists()
+    mtimes.pop(names[0])
+    assert {n: (out / "runs" / n / "done.json").stat().st_mtime_ns for n in names[1:]} == mtimes
+
     # other settings in the same study folder are refused before any training
-    changed = [a if a != "--epochs-linear" else "--epochs-linear" for a in map(str, args)]
+    changed = list(map(str, args))
     changed[changed.index("--epochs-linear") + 1] = "2"
     assert main(changed) == 1
     err = capsys.readouterr().err
     assert "other settings" in err and "'epochs': (1, 2)" in err
-    assert {n: (out / "runs" / n / "done.json").stat().st_mtime_ns for n in names} == mtimes
+    assert {n: (out / "runs" / n / "done.json").stat().st_mtime_ns for n in names[1:]} == mtimes
 
 
 def test_bad_input_refused_before_training(tmp_path, capsys):
@@ -284,9 +293,36 @@ def test_bad_input_refused_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "SYNTHETIC" in err and "--allow-demo" in err and not out.exists()
 
-    # a label fraction leaving a class without example, and a --set of a key the study controls
-    code = main(["--out", str(out), "--allow-demo", "--init", "random", "--fractions", "0.01", "--seeds", "0", *SMALL])
+    # a datalist without test list, one with an entry missing its label: refused before any training
+    dl = _tiny_datalist(tmp_path)
+    code = main(["--out", str(out), "--datalist", str(dl), "--init", "random", "--fractions", "1.0", "--seeds", "0",
+                 *SMALL])
+    assert code == 1 and "no test list" in capsys.readouterr().err and not (out / "runs").exists()
+    data = json.loads(dl.read_text())
+    data["test"] = data.pop("validation")
+    del data["training"][3]["label"]
+    dl.write_text(json.dumps(data))
+    code = main(["--out", str(out), "--datalist", str(dl), "--init", "random", "--fractions", "1.0", "--seeds", "0",
+                 *SMALL])
     err = capsys.readouterr().err
-    assert code == 1 and "label fraction 0.01" in err and not (out / "runs").exists()
+    assert code == 1 and "label fraction 1.0 with seed 0" in err and "'label'" in err and not (out / "runs").exists()
+
+    # a --set of a key the study controls names the option to use
     code = main(["--out", str(out), "--allow-demo", "--init", "random", "--set", "seed=3", *SMALL])
     assert code == 1 and "--seeds" in capsys.readouterr().err
+
+
+def _tiny_datalist(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(12):
+        path = tmp_path / "img" / f"p{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(path)
+        entries.append({"image": str(path), "label": i % 2, "patient_id": f"p{i}"})
+    dl = tmp_path / "datalist.json"
+    dl.write_text(json.dumps({"task": "binary", "classes": ["normal", "opacity"], "training": entries[:8],
+                              "validation": entries[8:]}))
+    return dl

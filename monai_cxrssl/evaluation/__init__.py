@@ -12,6 +12,7 @@ from .stats import (
     delong_test,
     multilabel_auc,
     paired_bootstrap_auc_diff,
+    seed_averaged_bootstrap,
     sensitivity_specificity,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "paired_bootstrap_auc_diff",
     "delong_ci",
     "delong_test",
+    "seed_averaged_bootstrap",
     "sensitivity_specificity",
 ]

@@ -33,7 +33,8 @@ another backbone is an error naming the init and the file); the data source reso
 (fraction, seed) draw is valid (:class:`~monai_cxrssl.data.ClassificationData`: every class present
 in the drawn labels, label keys present); the test list is non-empty with both classes for at
 least one output; ``--set`` names no setting the study controls; a finished run already in the study
-folder was made with the same settings (else the study refuses to mix results). Without
+folder was made with the same settings, init files included (their SHA-256), else the study refuses
+to mix results. Without
 ``--dataset_dir``/``--datalist`` the classifier would train on the SYNTHETIC demo phantoms: the
 study refuses that unless ``--allow-demo`` is given (smoke tests only; a study on phantoms means
 nothing).
@@ -407,6 +408,10 @@ def _bundle(config_files: Sequence[Path], workflow_type: str, overrides: dict) -
                     obj.close()
         del wf
         gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------
