@@ -97,3 +97,42 @@ def test_multilabel_nih_and_missing_label_column(tmp_path, nih_dir):
     # a binary task on a datalist without 'label' fails up front naming the key
     proc = bundle(TRAIN, tmp_path / "bad", "--dataset_dir", nih_dir, "--task", "binary", *SMALL, check=False)
     assert proc.returncode != 0 and "'label'" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_binary_linear_probe_on_real_kermany(tmp_path, kermany_dir):
+    from monai_cxrssl.data.datalist import datalist_from_class_folders, write_datalist
+
+    dl = datalist_from_class_folders(kermany_dir)
+    dl["training"] = dl["training"][::50]  # 105 images of both classes
+    dl["test"] = dl["test"][::12]  # 52 images of both classes
+    path = write_datalist(dl, tmp_path / "kermany_small.json")
+    out = tmp_path / "k"
+    bundle(TRAIN, out, "--datalist", path, "--mode", "linear", "--epochs", "3", "--learning_rate", "0.01", *SMALL)
+    bundle(f"['{TRAIN}','{EVALUATE}']", out, "--datalist", path, "--mode", "linear", "--n_resamples", "50", *SMALL)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["task"] == "binary" and metrics["n_images"] == len(dl["test"])
+    assert list(metrics["per_output"]) == ["PNEUMONIA"]
+
+
+@pytest.mark.slow
+def test_multiclass_on_generated_data(tmp_path):
+    from monai_cxrssl.data.phantoms import write_demo_dataset
+    from monai_cxrssl.data.datalist import load_datalist, write_datalist
+
+    demo = tmp_path / "demo"
+    write_demo_dataset(demo, n_train=36, n_val=12, n_test=12, size=64)
+    dl = load_datalist(demo / "datalist.json", keys=None)
+    for key in ("training", "validation", "test"):
+        for i, e in enumerate(dl[key]):
+            e["label"] = i % 3  # three classes, each present in every list
+    dl.update(task="multiclass", classes=["a", "b", "c"])
+    path = write_datalist(dl, tmp_path / "three.json")
+    out = tmp_path / "mc"
+    bundle(TRAIN, out, "--datalist", path, "--mode", "finetune", "--epochs", "1", *SMALL)
+    bundle(f"['{TRAIN}','{EVALUATE}']", out, "--datalist", path, "--n_resamples", "50", *SMALL)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(out / "eval" / "predictions.csv")))
+    probs = np.array([[float(r[f"prob_{c}"]) for c in "abc"] for r in rows])
+    assert metrics["task"] == "multiclass" and set(metrics["per_output"]) == {"a", "b", "c"}
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)  # softmax over classes
