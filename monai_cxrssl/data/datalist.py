@@ -172,6 +172,17 @@ def split_keys(datalist: Mapping[str, Any]) -> list[str]:
     return sorted(keys, key=lambda k: (SPLIT_KEYS.index(k) if k in SPLIT_KEYS else len(SPLIT_KEYS), k))
 
 
+def require_split_keys(datalist: Any, what: str) -> list[str]:
+    """:func:`split_keys` of ``datalist``, or :class:`DatalistError` (naming ``what``) when it is not a
+    dict or holds no list of entries."""
+    if not isinstance(datalist, Mapping):
+        raise DatalistError(f"{what}: a datalist must be a dict, got {type(datalist).__name__}")
+    keys = split_keys(datalist)
+    if not keys:
+        raise DatalistError(f"{what}: the datalist has no list of entries (expected keys {SPLIT_KEYS})")
+    return keys
+
+
 # ----------------------------------------------------------------------------------------------
 # checking
 # ----------------------------------------------------------------------------------------------
@@ -833,11 +844,7 @@ def write_datalist(datalist: Mapping[str, Any], path: str | os.PathLike, *, rela
     Raises:
         DatalistError: ``datalist`` is not a dict or has no list of entries.
     """
-    if not isinstance(datalist, Mapping):
-        raise DatalistError(f"a datalist must be a dict, got {type(datalist).__name__}")
-    keys = split_keys(datalist)
-    if not keys:
-        raise DatalistError(f"the datalist to write to '{path}' has no list of entries (expected keys {SPLIT_KEYS})")
+    keys = require_split_keys(datalist, f"writing '{path}'")
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = str(path.parent)

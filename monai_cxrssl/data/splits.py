@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_cxrssl.data.datalist import SPLIT_KEYS, split_keys
+from monai_cxrssl.data.datalist import SPLIT_KEYS, require_split_keys
 from monai_cxrssl.exceptions import DatalistError
 
 __all__ = ["patient_split", "leakage_report", "format_leakage_report", "label_fraction"]
@@ -229,11 +229,7 @@ def leakage_report(datalist: Mapping[str, Any], group_key: str = "patient_id") -
     Raises:
         DatalistError: ``datalist`` is not a dict or has no list of entries.
     """
-    if not isinstance(datalist, Mapping):
-        raise DatalistError(f"leakage_report: a datalist dict is expected, got {type(datalist).__name__}")
-    keys = split_keys(datalist)
-    if not keys:
-        raise DatalistError(f"leakage_report: the datalist has no list of entries (expected keys {SPLIT_KEYS})")
+    keys = require_split_keys(datalist, "leakage_report")
     where: dict[str, list[str]] = {}
     splits: dict[str, dict[str, int]] = {}
     n_without = 0
