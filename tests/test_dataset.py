@@ -100,3 +100,38 @@ def test_real_dicom_folder_to_cached_tensors(dicom_dir):
     for i in range(3):
         x = ds[i]["image"]
         assert x.shape == (1, 64, 64) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.std()) > 0.05
+
+
+def test_cache_gives_the_same_tensors_as_decoding_afresh(tmp_path, dicom_dir, kermany_dir):
+    # real radiographs: DICOM (JPEG / JPEG 2000, MONOCHROME1 and 2) and Kermany JPEGs
+    jpegs = sorted((kermany_dir / "test").rglob("*.jpeg"))[:4]
+    items = datalist_from_dicom_folder(dicom_dir)["training"] + [{"image": str(p)} for p in jpegs]
+    fresh = [_preprocess(64)(dict(e))["image"] for e in items]
+    memory = CXRCacheDataset(items, _preprocess(64), num_workers=2)
+    disk1 = CXRCacheDataset(items, _preprocess(64), cache_dir=tmp_path / "cache", num_workers=2)
+    disk2 = CXRCacheDataset(items, _preprocess(64), cache_dir=tmp_path / "cache", num_workers=2)
+    assert disk1.disk_hits == 0 and disk2.disk_hits == len(items)  # the second run decodes nothing
+    for i, expected in enumerate(fresh):
+        for ds in (memory, disk1, disk2):
+            assert torch.equal(torch.as_tensor(ds[i]["image"]), torch.as_tensor(expected)), (i, items[i]["image"])
+
+
+def test_disk_cache_is_keyed_by_settings_and_file_and_survives_a_corrupt_entry(tmp_path, caplog):
+    items = [{"image": _png(tmp_path / f"im{i}.png", value=40 * i)} for i in range(3)]
+    cache = tmp_path / "cache"
+    CXRCacheDataset(items, _preprocess(16), cache_dir=cache, num_workers=1)
+    assert len(list(cache.glob("*.pt"))) == 3
+    # another image size is other settings: decoded afresh, not read from the 16 px files
+    ds32 = CXRCacheDataset(items, _preprocess(32), cache_dir=cache, num_workers=1)
+    assert ds32.disk_hits == 0 and ds32[0]["image"].shape == (1, 32, 32)
+    # a changed image file is decoded afresh
+    _png(tmp_path / "im1.png", value=200, size=(41, 30))
+    ds = CXRCacheDataset(items, _preprocess(16), cache_dir=cache, num_workers=1)
+    assert ds.disk_hits == 2 and round(float(ds[1]["image"].max()) * 255) == 200
+    # a truncated cache file is decoded again and replaced, with a warning
+    victim = ds._disk_path(items[0])
+    victim.write_bytes(victim.read_bytes()[:20])
+    with caplog.at_level(logging.WARNING):
+        ds = CXRCacheDataset(items, _preprocess(16), cache_dir=cache, num_workers=1)
+    assert "unreadable" in caplog.text and ds.disk_hits == len(items) - 1
+    assert CXRCacheDataset(items, _preprocess(16), cache_dir=cache, num_workers=1).disk_hits == len(items)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ignite.engine import Events
 from monai.data import Dataset
 from monai.utils import set_determinism
 
@@ -108,3 +109,21 @@ def test_bf16_and_channels_last_path_trains(tmp_path):
     assert trainer.precision == "bf16" and trainer.channels_last is True
     assert torch.isfinite(trainer.state.output["loss"]) and trainer.state.output["loss"].dtype == torch.float32
     assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters()))
+
+
+def test_compiled_method_trains_like_the_eager_one():
+    # torch.compile is an option of the fast path (off by default): same losses, same weights
+    results = []
+    for compile in (False, True):
+        set_determinism(seed=0)
+        method = SimCLR(build_backbone("resnet10", widen_factor=0.25), hidden_dim=32, out_dim=16)
+        opt = torch.optim.SGD(method.parameters(), lr=0.05)
+        loader = ssl_dataloader(Dataset(_items(8, size=32)), batch_size=4, seed=0)
+        losses = []
+        trainer = SSLTrainer("cpu", 1, loader, method, opt, CXRViewAugment(out_size=32), compile=compile)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+        trainer.run()
+        results.append((losses, torch.cat([p.detach().flatten() for p in method.parameters()])))
+    (eager_losses, eager_w), (compiled_losses, compiled_w) = results
+    assert len(eager_losses) == 2 and eager_losses == pytest.approx(compiled_losses, rel=1e-4, abs=1e-4)
+    assert torch.allclose(eager_w, compiled_w, atol=1e-4)

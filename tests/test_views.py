@@ -98,3 +98,61 @@ def test_bad_arguments():
         CXRViewAugment(scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="batch"):
         CXRViewAugment(out_size=8)(torch.rand(1, 8, 8), np.random.RandomState(0))
+
+
+def _ramp(size=64, b=1):
+    """An image whose value is its normalised column position (0 at the left, 1 at the right)."""
+    cols = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    return cols.view(1, 1, 1, size).expand(b, 1, size, size).contiguous()
+
+
+def test_crops_stay_inside_the_image_and_their_area_within_the_scale_range():
+    aug = CXRViewAugment(out_size=16, scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3))
+    p = aug.sample(5000, np.random.RandomState(0))
+    area = p["w"] * p["h"]  # crop area as a fraction of the image ((2w)(2h) / 2^2 in [-1, 1] units)
+    assert area.max() <= 1.0 + 1e-6 and area.min() >= 0.3 * 0.8  # clipping to the image only shrinks a side
+    assert np.mean(area >= 0.3 - 1e-6) > 0.95
+    assert (np.abs(p["cx"]) + p["w"] <= 1 + 1e-5).all() and (np.abs(p["cy"]) + p["h"] <= 1 + 1e-5).all()
+    # applied to a ramp (value = column position), a view spans exactly the crop's columns
+    geo = CXRViewAugment(out_size=32, **{**IDENTITY, "scale": (0.3, 1.0), "ratio": (3 / 4, 4 / 3)})
+    x = _ramp(64, b=8)
+    q = geo.sample(8, np.random.RandomState(1))
+    y = geo.apply(x, q)
+    for i in range(8):
+        left, right = (q["cx"][i] - q["w"][i] + 1) / 2, (q["cx"][i] + q["w"][i] + 1) / 2
+        assert abs(float(y[i].min()) - left) < 0.03 and abs(float(y[i].max()) - right) < 0.03
+        assert bool((y[i, 0, :, 1:] >= y[i, 0, :, :-1] - 1e-5).all())  # not flipped: still increasing
+
+
+def test_intensities_stay_in_range():
+    aug = CXRViewAugment(out_size=32, noise_prob=0.0, mean=0.0, std=1.0, intensity_prob=1.0, brightness=0.3,
+                         contrast=0.5, gamma=0.5)
+    y = aug(torch.rand(64, 1, 40, 40), np.random.RandomState(0))
+    assert y.min() >= -1e-6 and y.max() <= 1 + 1e-6
+    noisy = CXRViewAugment(out_size=32, noise_prob=1.0, noise_std=0.03, mean=0.0, std=1.0)
+    y = noisy(torch.rand(64, 1, 40, 40), np.random.RandomState(0), torch.Generator().manual_seed(0))
+    assert y.min() > -6 * 0.03 and y.max() < 1 + 6 * 0.03
+    # normalisation is (x - mean) / std of the [0, 1] image
+    norm = CXRViewAugment(out_size=40, **{**IDENTITY, "mean": 0.5, "std": 0.25})
+    x = torch.rand(2, 1, 40, 40)
+    assert torch.allclose(norm(x, np.random.RandomState(0)), (x - 0.5) / 0.25, atol=1e-5)
+
+
+def test_per_sample_transform_and_batched_views_are_equal_in_distribution():
+    # the MONAI per-sample path (e.g. in DataLoader workers) and the trainer's batched path draw
+    # from the same distribution: compare summary statistics of many views of one image
+    x = _ramp(48)
+    x[..., 20:28, 10:16] = 1.0
+    aug = CXRViewAugment(out_size=24)
+    n = 256
+    batched = aug(x.expand(n, 1, 48, 48), np.random.RandomState(0), torch.Generator().manual_seed(0))
+    t = RandCXRView(aug)
+    t.set_random_state(seed=1)
+    single = torch.stack([t(x[0]) for _ in range(n)])
+    for stat in (lambda v: v.mean(dim=(1, 2, 3)), lambda v: v.std(dim=(1, 2, 3)),
+                 lambda v: v[..., :12].mean(dim=(1, 2, 3)) - v[..., 12:].mean(dim=(1, 2, 3)),  # flip balance
+                 lambda v: (v[..., 1:] - v[..., :-1]).abs().mean(dim=(1, 2, 3))):  # noise and blur
+        a, b = stat(batched), stat(single)
+        assert abs(float(a.mean() - b.mean())) < 4 * float(torch.sqrt((a.var() + b.var()) / n)) + 1e-3
+    # the mean view is symmetric-ish (half the views flipped) and the same for both paths
+    assert (batched.mean(0) - single.mean(0)).abs().mean() < 0.1

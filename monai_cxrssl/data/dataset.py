@@ -6,11 +6,15 @@ the embedded SYNTHETIC demo phantoms. Entries are checked up front (keys, files)
 
 :class:`CXRCacheDataset` decodes and preprocesses every image once, when it is built (before
 training starts): a corrupt file fails there, naming the file, or, with
-``skip_unreadable=True``, is dropped with a logged count.
+``skip_unreadable=True``, is dropped with a logged count. Epochs then read tensors from memory.
+With a ``cache_dir`` the preprocessed tensors are also kept on disk (MONAI ``PersistentDataset``
+style), so the next run at the same settings skips decoding too.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -21,10 +25,12 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from monai.data import CacheDataset
+from monai.transforms import Compose, RandomizableTrait, Transform
 
 from monai_cxrssl.data.datalist import build_datalist, check_datalist, datalist_from_image_folder, load_datalist
 from monai_cxrssl.data.phantoms import demo_datalist_path, write_demo_dataset
 from monai_cxrssl.distributed import get_rank, get_world_size
+from monai_cxrssl.checkpoints import atomic_save
 from monai_cxrssl.exceptions import CXRReadError, DatalistError
 from monai_cxrssl.utils import as_bool
 
@@ -99,23 +105,62 @@ def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict
 
 
 class CXRCacheDataset(CacheDataset):
-    """MONAI ``CacheDataset`` that can drop unreadable radiographs instead of failing.
+    """MONAI ``CacheDataset`` that can drop unreadable radiographs, with an optional disk cache.
 
     Args:
         data: datalist entries.
         transform: the deterministic preprocessing is cached; random transforms run per epoch.
         skip_unreadable: drop entries whose image raises :class:`CXRReadError` while caching
             (logged with their count and first paths); otherwise the first such error is raised.
+        cache_dir: also keep each preprocessed item in this folder (written atomically), and read
+            it from there on later runs instead of decoding. An item's file name hashes the entry,
+            the image file's size and modification time, and the settings of the deterministic
+            transforms, so a changed image or image size is decoded afresh. ``None`` or ``""``:
+            memory only.
         kwargs: passed to ``CacheDataset`` (``cache_rate``, ``num_workers``, ``progress``...).
     """
 
-    def __init__(self, data: Sequence[dict], transform=None, skip_unreadable: bool = False, **kwargs):
+    def __init__(self, data: Sequence[dict], transform=None, skip_unreadable: bool = False,
+                 cache_dir: str | os.PathLike | None = None, image_key: str = "image", **kwargs):
         self.skip_unreadable = as_bool(skip_unreadable, "skip_unreadable")
         self.unreadable: list[str] = []
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.image_key = image_key
+        self.disk_hits = 0
+        self._transform_key = _transform_fingerprint(transform) if self.cache_dir else ""
         kwargs.setdefault("progress", False)
         super().__init__(data=data, transform=transform, **kwargs)
+        if self.cache_dir is not None:
+            logger.info("disk cache %s: %d of %d item(s) read from it, the rest decoded and written",
+                        self.cache_dir, self.disk_hits, len(self._cache))
+
+    def _disk_path(self, item: dict) -> Path:
+        stat = ()
+        image = item.get(self.image_key) if isinstance(item, dict) else None
+        if isinstance(image, (str, os.PathLike)) and os.path.exists(image):
+            st = os.stat(image)
+            stat = (st.st_size, st.st_mtime_ns)
+        blob = json.dumps([item, stat, self._transform_key], sort_keys=True, default=str).encode()
+        return self.cache_dir / f"{hashlib.sha256(blob).hexdigest()}.pt"
 
     def _load_cache_item(self, idx: int):
+        if self.cache_dir is None:
+            return self._decode_item(idx)
+        path = self._disk_path(self.data[idx])
+        if path.is_file():
+            try:
+                # our own files (MetaTensors included), trusted like a checkpoint, as in MONAI's PersistentDataset
+                item = torch.load(path, map_location="cpu", weights_only=False)
+                self.disk_hits += 1
+                return item
+            except Exception as e:  # truncated or foreign file: decode again and overwrite it
+                logger.warning("disk cache file %s is unreadable (%s); decoding the image again", path, e)
+        item = self._decode_item(idx)
+        if item is not None:
+            atomic_save(item, path)
+        return item
+
+    def _decode_item(self, idx: int):
         try:
             return super()._load_cache_item(idx)
         except Exception as e:  # MONAI's Compose wraps transform errors in RuntimeError
@@ -141,6 +186,34 @@ class CXRCacheDataset(CacheDataset):
         self.cache_num = len(self._cache)
         logger.warning("skipped %d unreadable image(s) of %d; first: %s", n_bad, n_bad + len(keep),
                        "; ".join(self.unreadable[:3]))
+
+
+def _transform_fingerprint(transform) -> str:
+    """A stable description of the deterministic (cached) part of a transform chain: class names and settings."""
+    if transform is None:
+        return ""
+    chain = transform.flatten().transforms if isinstance(transform, Compose) else [transform]
+    parts = []
+    for t in chain:
+        if isinstance(t, RandomizableTrait) or not isinstance(t, Transform):
+            break
+        parts.append([type(t).__qualname__, _settings(t)])
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def _settings(obj, depth: int = 0):
+    """Plain settings of a transform (numbers, strings, sequences, nested transforms), for fingerprinting."""
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [_settings(v, depth + 1) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _settings(v, depth + 1) for k, v in obj.items()}
+    if depth < 3 and hasattr(obj, "__dict__"):
+        return {"_type": type(obj).__qualname__,
+                **{k: _settings(v, depth + 1) for k, v in sorted(vars(obj).items())
+                   if not k.startswith("_") and k not in ("R",)}}
+    return type(obj).__qualname__
 
 
 def _find_cause(err: BaseException, kind: type) -> BaseException | None:

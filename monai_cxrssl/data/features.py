@@ -25,10 +25,12 @@ class FeatureDataset(Dataset):
         network: a :class:`~monai_cxrssl.networks.CXRClassifier`.
         prepare_batch: turns a batch into normalised images (``ClassificationBatch()``).
         batch_size, device: for the one pass over the data.
+        inferer: runs ``network.features`` (e.g. :class:`~monai_cxrssl.engines.FastInferer` for the
+            fast path); called directly when omitted.
     """
 
     def __init__(self, dataset, network, prepare_batch=None, batch_size: int = 64, device=None,
-                 image_key: str = "image"):
+                 image_key: str = "image", inferer=None):
         from monai.data import list_data_collate
 
         from monai_cxrssl.engines.classification import ClassificationBatch
@@ -41,7 +43,7 @@ class FeatureDataset(Dataset):
         with torch.no_grad():
             for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=list_data_collate):
                 x, _ = prepare_batch(batch, device)
-                feats = network.features(x).cpu()
+                feats = (inferer(x, network.features) if inferer is not None else network.features(x)).float().cpu()
                 n = feats.shape[0]
                 for i in range(n):
                     item = {k: (v[i] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
@@ -61,15 +63,16 @@ class FeatureDataset(Dataset):
         return torch.stack([item[image_key] for item in self.items])
 
 
-def probe_inputs(dataset, network, fit_standardisation: bool = False, enabled: bool = True, batch_size: int = 64):
+def probe_inputs(dataset, network, fit_standardisation: bool = False, enabled: bool = True, batch_size: int = 64,
+                 inferer=None):
     """What a classifier trains or validates on: precomputed features in linear mode (when ``enabled``),
     else ``dataset`` itself. With ``fit_standardisation`` (the training set), the classifier's feature
-    standardisation is fitted on these features."""
+    standardisation is fitted on these features. ``inferer`` runs the feature pass (see :class:`FeatureDataset`)."""
     from monai_cxrssl.utils import as_bool
 
     if network.mode != "linear" or not as_bool(enabled, "cache_features"):
         return dataset
-    feats = FeatureDataset(dataset, network, batch_size=batch_size)
+    feats = FeatureDataset(dataset, network, batch_size=batch_size, inferer=inferer)
     if fit_standardisation:
         network.fit_feature_standardisation(feats.stack())
     return feats

@@ -3,6 +3,6 @@
 from .classification import BestModelHandler, ClassificationBatch, export_torchscript, load_trained_classifier
 from .checkpoint import ClassifierCheckpoint, SSLCheckpoint, TrainingCheckpoint
 from .progress import ProgressHandler
-from .precision import autocast, cpu_supports_bf16, resolve_precision
+from .precision import FastInferer, autocast, cpu_supports_bf16, grad_scaler, resolve_precision, to_channels_last
 from .schedules import warmup_cosine
 from .trainer import SSLTrainer, scalar_outputs

@@ -2,9 +2,10 @@
 
 :class:`TrainingCheckpoint` writes ``save_dir/checkpoint.pt`` every ``save_interval`` epochs and
 at the end: the network's whole state (for SSL: backbone, heads, momentum encoders, queues,
-centres), optimiser, scheduler, epoch and iteration, the state of any other stateful handler
-(best score, early-stopping counter), and what identifies the run (method, backbone spec), which
-is checked on resume before any training. All files are written atomically.
+centres), optimiser, scheduler, epoch and iteration, the fp16 loss scaler (the engine's
+``grad_scaler``), the state of any other stateful handler (best score, early-stopping counter),
+and what identifies the run (method, backbone spec), which is checked on resume before any
+training. All files are written atomically.
 
 - :class:`SSLCheckpoint` also exports ``models/model.pt`` (the method's state dict, the bundle's
   ``network_def``) and ``models/backbone.pt`` (the pretrained backbone and its spec).
@@ -103,6 +104,7 @@ class TrainingCheckpoint:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "extra_state": {k: v.state_dict() for k, v in self.extra_state.items()},
+            "grad_scaler": scaler.state_dict() if (scaler := getattr(engine, "grad_scaler", None)) else None,
             "seed": getattr(engine, "seed", None),
             "torch_rng": torch.get_rng_state(),
         }
@@ -144,6 +146,9 @@ class TrainingCheckpoint:
             if k not in ckpt.get("extra_state", {}):
                 raise CheckpointError(f"checkpoint '{path}' has no '{k}' state")
             obj.load_state_dict(ckpt["extra_state"][k])
+        scaler = getattr(engine, "grad_scaler", None)
+        if scaler is not None and ckpt.get("grad_scaler"):
+            scaler.load_state_dict(ckpt["grad_scaler"])
         if ckpt.get("torch_rng") is not None:
             torch.set_rng_state(ckpt["torch_rng"])
         if ckpt["epoch"] > engine.state.max_epochs:

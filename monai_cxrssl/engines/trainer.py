@@ -7,7 +7,7 @@ The iteration, readable in one sitting:
    parameters drawn from a state seeded by ``(seed, rank, iteration)``: a run resumed from a
    checkpoint sees exactly the views the uninterrupted run would have seen;
 3. ``method(views)`` returns the loss (and other scalars to log), under autocast when a
-   reduced precision is chosen;
+   reduced precision is chosen (the fast path: see :mod:`monai_cxrssl.engines.precision`);
 4. a non-finite loss stops training with :class:`~monai_cxrssl.exceptions.NonFiniteLossError`;
 5. backward, optimiser step, then ``method.after_step`` (momentum encoders, schedules).
 
@@ -27,7 +27,7 @@ from monai.engines import Trainer
 
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.distributed import get_rank
-from monai_cxrssl.engines.precision import autocast, resolve_precision
+from monai_cxrssl.engines.precision import autocast, grad_scaler, resolve_precision, to_channels_last
 from monai_cxrssl.exceptions import NonFiniteLossError
 from monai_cxrssl.methods.base import SSLMethod
 from monai_cxrssl.utils import as_bool
@@ -54,6 +54,8 @@ class SSLTrainer(Trainer):
         seed: seed of the view randomness.
         precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (see :func:`resolve_precision`).
         channels_last: convolution-friendly memory layout for the network and the views.
+        compile: run the method through ``torch.compile`` (its state stays in ``method``). Off by
+            default: on the 2-core AVX2 CPU of ``benchmarks/`` it made a ResNet-18 step slower.
         epoch_length: iterations per epoch (default: the loader's length).
         handlers: Ignite handlers (each with ``attach(engine)``).
         non_blocking: non-blocking host-to-device copies.
@@ -74,6 +76,7 @@ class SSLTrainer(Trainer):
         epoch_length: int | None = None,
         handlers: Sequence | None = None,
         non_blocking: bool = False,
+        compile: bool = False,
     ):
         device = torch.device(device)
         super().__init__(
@@ -93,7 +96,11 @@ class SSLTrainer(Trainer):
         self.precision = resolve_precision(precision, device)
         self.channels_last = as_bool(channels_last, "channels_last")
         if self.channels_last:
-            self.method.to(memory_format=torch.channels_last)
+            to_channels_last(self.method)
+        #: fp16 loss scaler (None otherwise); saved and restored by the checkpoint handlers
+        self.grad_scaler = grad_scaler(self.precision, device)
+        self.compile = as_bool(compile, "compile")
+        self._forward = torch.compile(self.method) if self.compile else self.method
 
     def _view_rng(self, iteration: int) -> tuple[np.random.RandomState, torch.Generator]:
         s = np.random.SeedSequence([self.seed, get_rank(), iteration]).generate_state(2)
@@ -113,7 +120,7 @@ class SSLTrainer(Trainer):
 
         self.method.train()
         with autocast(self.precision, engine.state.device):
-            out = self.method(views)
+            out = self._forward(views)
         loss = out["loss"].float()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -122,8 +129,13 @@ class SSLTrainer(Trainer):
                 f"precision='fp32', or check the input images"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.grad_scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
         self.method.after_step(engine.state.iteration, engine.state.max_epochs * engine.state.epoch_length)
 
         result = {k: v.detach().float() for k, v in out.items()}
