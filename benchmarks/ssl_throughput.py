@@ -8,8 +8,9 @@ handlers, with command-line-style overrides) on real Kermany radiographs and mea
     the device -> method -> loss -> optimiser -> LR schedule, logging and TensorBoard handlers),
     timed between Ignite ``ITERATION_COMPLETED`` events after ``--warmup`` iterations, in
     ``--reps`` windows of ``--steps`` iterations; the median window is reported;
-(b) **model only**: the same method, optimiser, precision and memory layout stepping on one
-    fixed batch of views already in memory (no data, no views, no handlers), same windows;
+(b) **model only**: the same method, optimiser, precision and memory layout stepping on batches
+    of views made beforehand and kept in memory (no data loading, no augmentation, no handlers),
+    same windows;
 (c) **pipeline efficiency** = (a) / (b);
 (d) the **modes**: ``fp32`` (fp32, NCHW: the plain baseline), ``fast`` (the bundle's defaults:
     ``precision auto``, channels_last) and ``bf16`` (bf16 autocast forced, channels_last);
@@ -121,19 +122,26 @@ def run_worker(spec: dict) -> dict:
     trainer.run()
     e2e = _windows(stamps, warmup, steps, reps, batch)
 
-    # model only: the trainer's own method, optimiser, precision and layout on one fixed batch of views
+    # model only: the trainer's own method, optimiser, precision and layout on batches of views made
+    # beforehand and kept in memory (distinct batches, as in training: a method stepping on one
+    # repeated batch overfits it within a few steps, which is not the workload being measured)
     from monai_cxrssl.engines.precision import autocast
-
-    method, opt = trainer.method, trainer.optimizer
-    x = next(iter(parser.get_parsed_content("train#dataloader")))["image"].to(trainer.state.device)
-    g = torch.Generator().manual_seed(0)
     import numpy as np
 
-    views = [trainer.views(x, np.random.RandomState(i), g) for i in range(method.num_views)]
-    if trainer.channels_last:
-        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    method, opt = trainer.method, trainer.optimizer
+    g = torch.Generator().manual_seed(0)
+    view_sets = []
+    for k, batch in zip(range(steps * reps), parser.get_parsed_content("train#dataloader")):
+        sources = {key: batch[key].to(trainer.state.device) for key in set(trainer.view_keys)}
+        views = [aug(sources[key], np.random.RandomState(100 * k + i), g)
+                 for i, (aug, key) in enumerate(zip(trainer.views, trainer.view_keys))]
+        if trainer.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        view_sets.append(views)
+    counter = iter(range(10**9))
 
     def model_step():
+        views = view_sets[next(counter) % len(view_sets)]
         with autocast(trainer.precision, trainer.state.device):
             loss = trainer._forward(views)["loss"]
         opt.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ Sub-packages, one concept each:
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("data", "engines", "evaluation", "losses", "methods", "networks")
+_SUBPACKAGES = ("data", "distributed", "engines", "evaluation", "losses", "methods", "networks")
 
 
 def __getattr__(name: str):

@@ -73,7 +73,7 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | os.PathLike) ->
     if fmt == BACKBONE_EXPORT:
         state = ckpt["state_dict"]
     elif fmt == SSL_CHECKPOINT:
-        prefix = "backbone."
+        prefix = ckpt.get("export_prefix", "backbone.")  # the exported network (DINO: the teacher's backbone)
         state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     else:
         raise CheckpointError(f"checkpoint '{path}' has format {fmt!r}; expected {BACKBONE_EXPORT!r} "

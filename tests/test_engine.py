@@ -127,3 +127,24 @@ def test_compiled_method_trains_like_the_eager_one():
     (eager_losses, eager_w), (compiled_losses, compiled_w) = results
     assert len(eager_losses) == 2 and eager_losses == pytest.approx(compiled_losses, rel=1e-4, abs=1e-4)
     assert torch.allclose(eager_w, compiled_w, atol=1e-4)
+
+
+def test_a_training_checkpoint_gives_the_exported_backbone(tmp_path):
+    # for DINO the exported network is the teacher's backbone, not the module named "backbone"
+    from monai_cxrssl.methods import DINO
+
+    set_determinism(seed=0)
+    method = DINO(build_backbone("resnet10", widen_factor=0.25), n_local_crops=0, out_dim=16, hidden_dim=16,
+                  bottleneck_dim=8)
+    with torch.no_grad():
+        for p in method.export_backbone().parameters():
+            p.add_(1.0)  # teacher != student
+    opt = torch.optim.SGD(method.parameters(), lr=0.0)
+    ckpt = SSLCheckpoint(tmp_path, method, opt)
+    trainer = SSLTrainer("cpu", 1, ssl_dataloader(Dataset(_items(4)), batch_size=4), method, opt,
+                         CXRViewAugment(out_size=32), epoch_length=1, handlers=[ckpt])
+    trainer.run()
+    backbone = build_backbone("resnet10", widen_factor=0.25)
+    load_backbone_weights(backbone, tmp_path / "checkpoint.pt")
+    teacher = method.export_backbone().state_dict()
+    assert all(torch.equal(v, teacher[k]) for k, v in backbone.state_dict().items())

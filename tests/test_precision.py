@@ -79,3 +79,14 @@ def test_fast_inferer_runs_the_network_in_the_chosen_precision_and_layout():
     assert FastInferer("auto").resolved("cpu") == resolve_precision("auto", "cpu")
     with pytest.raises(ValueError, match="precision"):
         FastInferer("half")
+
+
+def test_ntxent_similarities_stay_float32_under_bf16_autocast():
+    from monai_cxrssl.losses import NTXentLoss
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    loss = NTXentLoss(0.1)
+    expected = loss(z1, z2)
+    with autocast("bf16", "cpu"):
+        assert torch.equal(loss(z1, z2), expected)

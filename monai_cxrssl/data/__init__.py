@@ -15,6 +15,7 @@ _EXPORTS = {
     "classification": ["ClassificationData"],
     "features": ["FeatureDataset", "probe_inputs"],
     "io": ["read_cxr", "read_dicom_header"],
+    "multi_instance": ["MultiInstanceBatchSampler", "MultiInstancePairs", "group_ids", "multi_instance_dataloader"],
     "phantoms": ["make_phantom", "write_demo_dataset"],
     "splits": ["format_leakage_report", "label_fraction", "leakage_report", "patient_split"],
     "targets": ["CXRTargetd", "check_targets", "positive_weights", "target_vector"],

@@ -58,7 +58,10 @@ def resolve_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str
         "No dataset_dir or datalist given: using SYNTHETIC chest X-ray phantoms written to %s. "
         "They exist so the bundle runs on a fresh machine; results on them mean nothing clinically. "
         "Pass --dataset_dir or --datalist for real data.", demo_dir)
-    write_demo_dataset(demo_dir)
+    if get_rank() == 0:
+        write_demo_dataset(demo_dir)
+    if get_world_size() > 1:  # the other processes read it once rank 0 has written it
+        torch.distributed.barrier()
     return load_datalist(demo_datalist_path(demo_dir), keys=None), f"{demo_dir} (synthetic demo)"
 
 

@@ -5,7 +5,8 @@ at the end: the network's whole state (for SSL: backbone, heads, momentum encode
 centres), optimiser, scheduler, epoch and iteration, the fp16 loss scaler (the engine's
 ``grad_scaler``), the state of any other stateful handler (best score, early-stopping counter),
 and what identifies the run (method, backbone spec), which is checked on resume before any
-training. All files are written atomically.
+training. All files are written atomically, by rank 0 only in a multi-process run (every rank
+resumes from them).
 
 - :class:`SSLCheckpoint` also exports ``models/model.pt`` (the method's state dict, the bundle's
   ``network_def``) and ``models/backbone.pt`` (the pretrained backbone and its spec).
@@ -25,6 +26,7 @@ import torch
 from ignite.engine import Engine, Events
 
 import monai_cxrssl
+from monai_cxrssl.distributed import is_main_process
 from monai_cxrssl.checkpoints import BACKBONE_EXPORT, SSL_CHECKPOINT, atomic_save, check_backbone_spec, read_checkpoint
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.utils import as_bool
@@ -94,8 +96,8 @@ class TrainingCheckpoint:
         }
 
     def save(self, engine: Engine) -> None:
-        if engine.state.iteration == self._last_saved_iteration:
-            return
+        if engine.state.iteration == self._last_saved_iteration or not is_main_process():
+            return  # in a multi-process run only rank 0 writes; every rank resumes
         common = self._common(engine)
         state = {
             "format": self.format,
@@ -176,6 +178,12 @@ class SSLCheckpoint(TrainingCheckpoint):
 
     def identity(self) -> dict:
         return {"method": self.network.name, "backbone": self.network.export_backbone().spec()}
+
+    def _common(self, engine: Engine) -> dict:
+        # where the exported backbone lives in the method's state dict (DINO: the teacher's)
+        exported = self.network.export_backbone()
+        prefix = next(name for name, module in self.network.named_modules() if module is exported)
+        return {**super()._common(engine), "export_prefix": f"{prefix}." if prefix else ""}
 
     def export(self, engine: Engine, common: dict) -> None:
         atomic_save(self.network.state_dict(), self.save_dir / "models" / "model.pt")

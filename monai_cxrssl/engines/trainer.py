@@ -5,11 +5,16 @@ The iteration, readable in one sitting:
 1. take the batch of preprocessed radiographs ``(B, 1, H, W)`` to the device;
 2. make ``method.num_views`` augmented views of it, batched on the device, with random
    parameters drawn from a state seeded by ``(seed, rank, iteration)``: a run resumed from a
-   checkpoint sees exactly the views the uninterrupted run would have seen;
+   checkpoint sees exactly the views the uninterrupted run would have seen. Each view may have
+   its own augmentation (DINO's global and local crops) and its own source image
+   (``method.view_keys``: MICLe's second image of the same patient);
 3. ``method(views)`` returns the loss (and other scalars to log), under autocast when a
    reduced precision is chosen (the fast path: see :mod:`monai_cxrssl.engines.precision`);
 4. a non-finite loss stops training with :class:`~monai_cxrssl.exceptions.NonFiniteLossError`;
 5. backward, optimiser step, then ``method.after_step`` (momentum encoders, schedules).
+
+In a multi-process run (``distributed=True`` under ``torchrun``) the method is wrapped in
+``DistributedDataParallel``; the losses gather what they need across processes themselves.
 
 Everything else (learning-rate schedule, logging, TensorBoard, checkpoints, progress) is an
 Ignite handler attached by the bundle config.
@@ -21,12 +26,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from ignite.engine import Events
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 from monai.engines import Trainer
 
 from monai_cxrssl.data.views import CXRViewAugment
-from monai_cxrssl.distributed import get_rank
+from monai_cxrssl.distributed import get_rank, is_distributed
 from monai_cxrssl.engines.precision import autocast, grad_scaler, resolve_precision, to_channels_last
 from monai_cxrssl.exceptions import NonFiniteLossError
 from monai_cxrssl.methods.base import SSLMethod
@@ -49,13 +56,18 @@ class SSLTrainer(Trainer):
         train_data_loader: yields dictionaries with ``image_key`` -> ``(B, 1, H, W)`` in [0, 1].
         method: the SSL method (holds the backbone and all trained state).
         optimizer: optimiser over ``method``'s parameters.
-        views: the view augmentation, applied to the batch on ``device``.
+        views: the view augmentation, applied to the batch on ``device``; or one per view
+            (``method.num_views`` of them).
         image_key: key of the image in each batch.
         seed: seed of the view randomness.
         precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (see :func:`resolve_precision`).
         channels_last: convolution-friendly memory layout for the network and the views.
         compile: run the method through ``torch.compile`` (its state stays in ``method``). Off by
             default: on the 2-core AVX2 CPU of ``benchmarks/`` it made a ResNet-18 step slower.
+        distributed: wrap the method in ``DistributedDataParallel`` when a process group with
+            more than one process is initialised (``torchrun``); ignored otherwise.
+        batch_scalars: batch keys whose mean is logged with the loss (e.g. MICLe's share of
+            true multi-instance pairs).
         epoch_length: iterations per epoch (default: the loader's length).
         handlers: Ignite handlers (each with ``attach(engine)``).
         non_blocking: non-blocking host-to-device copies.
@@ -68,7 +80,7 @@ class SSLTrainer(Trainer):
         train_data_loader,
         method: SSLMethod,
         optimizer: Optimizer,
-        views: CXRViewAugment,
+        views: CXRViewAugment | Sequence[CXRViewAugment],
         image_key: str = "image",
         seed: int = 0,
         precision: str = "fp32",
@@ -77,6 +89,8 @@ class SSLTrainer(Trainer):
         handlers: Sequence | None = None,
         non_blocking: bool = False,
         compile: bool = False,
+        distributed: bool = False,
+        batch_scalars: Sequence[str] = (),
     ):
         device = torch.device(device)
         super().__init__(
@@ -90,7 +104,12 @@ class SSLTrainer(Trainer):
         )
         self.method = method.to(device)
         self.optimizer = optimizer
-        self.views = views
+        self.views = list(views) if isinstance(views, (list, tuple)) else [views] * method.num_views
+        if len(self.views) != method.num_views:
+            raise ValueError(f"method '{method.name}' takes {method.num_views} views; {len(self.views)} "
+                             f"augmentations were given")
+        self.view_keys = list(method.view_keys or [image_key] * method.num_views)
+        self.batch_scalars = list(batch_scalars)
         self.image_key = image_key
         self.seed = int(seed)
         self.precision = resolve_precision(precision, device)
@@ -100,24 +119,41 @@ class SSLTrainer(Trainer):
         #: fp16 loss scaler (None otherwise); saved and restored by the checkpoint handlers
         self.grad_scaler = grad_scaler(self.precision, device)
         self.compile = as_bool(compile, "compile")
-        self._forward = torch.compile(self.method) if self.compile else self.method
+        self.distributed = as_bool(distributed, "distributed") and is_distributed()
+        forward = self.method
+        if self.distributed:
+            ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+                if device.type == "cuda" else None
+            forward = DistributedDataParallel(self.method, device_ids=ids)
+        self._forward = torch.compile(forward) if self.compile else forward
+        # batch samplers with an epoch (MICLe's) get it like MONAI gives DistributedSampler theirs
+        batch_sampler = getattr(train_data_loader, "batch_sampler", None)
+        if hasattr(batch_sampler, "set_epoch"):
+            self.add_event_handler(Events.EPOCH_STARTED, lambda e: batch_sampler.set_epoch(e.state.epoch))
 
     def _view_rng(self, iteration: int) -> tuple[np.random.RandomState, torch.Generator]:
         s = np.random.SeedSequence([self.seed, get_rank(), iteration]).generate_state(2)
         gen = torch.Generator(device=self.state.device).manual_seed(int(s[1]))
         return np.random.RandomState(int(s[0])), gen
 
-    def _iteration(self, engine: SSLTrainer, batchdata: dict) -> dict[str, torch.Tensor]:
-        if self.image_key not in batchdata:
-            raise KeyError(f"batch has no '{self.image_key}' key; keys are {sorted(batchdata)}")
-        x = torch.as_tensor(batchdata[self.image_key]).to(engine.state.device, non_blocking=engine.non_blocking)
+    def _images(self, batchdata: dict, key: str, device) -> torch.Tensor:
+        if key not in batchdata:
+            raise KeyError(f"batch has no '{key}' key; keys are {sorted(batchdata)}")
+        x = torch.as_tensor(batchdata[key]).to(device, non_blocking=self.non_blocking)
         if x.ndim != 4:
-            raise ValueError(f"expected a batch (B, C, H, W) under '{self.image_key}', got {tuple(x.shape)}")
+            raise ValueError(f"expected a batch (B, C, H, W) under '{key}', got {tuple(x.shape)}")
+        return x
+
+    def _iteration(self, engine: SSLTrainer, batchdata: dict) -> dict[str, torch.Tensor]:
+        device = engine.state.device
+        sources = {k: self._images(batchdata, k, device) for k in dict.fromkeys(self.view_keys)}
         rng, gen = self._view_rng(engine.state.iteration)
-        views = [self.views(x, rng, gen) for _ in range(self.method.num_views)]
+        views = [aug(sources[k], rng, gen) for aug, k in zip(self.views, self.view_keys)]
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
 
+        max_iterations = engine.state.max_epochs * engine.state.epoch_length
+        self.method.before_step(engine.state.iteration, max_iterations)
         self.method.train()
         with autocast(self.precision, engine.state.device):
             out = self._forward(views)
@@ -136,8 +172,10 @@ class SSLTrainer(Trainer):
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
-        self.method.after_step(engine.state.iteration, engine.state.max_epochs * engine.state.epoch_length)
+        self.method.after_step(engine.state.iteration, max_iterations)
 
         result = {k: v.detach().float() for k, v in out.items()}
+        for k in self.batch_scalars:
+            result[k] = torch.as_tensor(batchdata[k]).float().mean()
         result["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
         return result

@@ -2,3 +2,5 @@
 
 from .classification import ClassificationLoss
 from .ntxent import NTXentLoss
+from .infonce import InfoNCELoss
+from .dino import DINOLoss

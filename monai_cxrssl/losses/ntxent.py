@@ -33,11 +33,12 @@ class NTXentLoss(nn.Module):
         if z1.shape != z2.shape or z1.ndim != 2:
             raise ValueError(f"expected two (N, D) embeddings of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
         n = z1.shape[0]
-        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D), local
-        z_all = gather_with_grad(z)  # (W * 2N, D)
-        offset = get_rank() * 2 * n
-        logits = z @ z_all.t() / self.temperature
-        idx = torch.arange(2 * n, device=z.device)
-        logits[idx, offset + idx] = float("-inf")  # an embedding is not its own negative
-        target = offset + (idx + n) % (2 * n)
-        return F.cross_entropy(logits, target)
+        with torch.autocast(device_type=z1.device.type, enabled=False):  # similarities in float32, also under autocast
+            z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D), local
+            z_all = gather_with_grad(z)  # (W * 2N, D)
+            offset = get_rank() * 2 * n
+            logits = z @ z_all.t() / self.temperature
+            idx = torch.arange(2 * n, device=z.device)
+            logits[idx, offset + idx] = float("-inf")  # an embedding is not its own negative
+            target = offset + (idx + n) % (2 * n)
+            return F.cross_entropy(logits, target)

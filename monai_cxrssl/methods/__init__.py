@@ -2,3 +2,6 @@
 
 from .base import SSLMethod
 from .simclr import SimCLR
+from .micle import MICLe
+from .moco import MoCo
+from .dino import DINO

@@ -3,7 +3,7 @@
 A method is an ``nn.Module`` that owns its backbone and whatever else it trains or keeps
 (heads, momentum encoders, queues, centres): everything in its ``state_dict`` is saved and
 restored with the checkpoint. The trainer gives it augmented views and steps the optimiser;
-the method turns views into a loss, and may act after each optimiser step.
+the method turns views into a loss, and may act before and after each optimiser step.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class SSLMethod(nn.Module):
     name: str = "ssl"
     #: how many augmented views of each image the trainer produces
     num_views: int = 2
+    #: batch key each view is made from (``None``: every view from the trainer's image key).
+    #: MICLe makes its second view from another image of the same patient.
+    view_keys: tuple[str, ...] | None = None
 
     def __init__(self, backbone: Backbone):
         super().__init__()
@@ -36,6 +39,9 @@ class SSLMethod(nn.Module):
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Return at least ``{"loss": scalar}``; other scalars are logged."""
         raise NotImplementedError
+
+    def before_step(self, iteration: int, max_iterations: int) -> None:
+        """Called before each forward pass with the (1-based) iteration: schedules. Default: nothing."""
 
     def after_step(self, iteration: int, max_iterations: int) -> None:
         """Called after each optimiser step (momentum updates, schedules). Default: nothing."""

@@ -2,5 +2,6 @@
 
 from .backbones import BACKBONES, Backbone, build_backbone, register_backbone
 from .classifier import CXRClassifier, build_classifier
-from .heads import ProjectionHead
+from .heads import DINOHead, ProjectionHead
 from .weights import init_backbone, map_state_dict
+from .vit import ViTEncoder

@@ -6,6 +6,11 @@ keeps names stable across bundles and checkpoints, so a checkpoint records which
 
 ResNets use the ImageNet stem (7x7 convolution with stride 2, then max pooling): MONAI's
 default stride 1 costs four times the compute for no benefit at radiograph resolutions.
+
+Vision Transformers (``vit_tiny``, ``vit_small``, ``vit_base``, or ``vit`` with explicit sizes)
+are MONAI's ViT returning the [CLS] feature, at any input size (see
+:mod:`monai_cxrssl.networks.vit`); they also load timm/DINOv2 checkpoints
+(:mod:`monai_cxrssl.networks.vit_import`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import torch
 from torch import nn
 
 from monai.networks.nets import DenseNet121, resnet10, resnet18, resnet34, resnet50
+
+from monai_cxrssl.networks.vit import VIT_SIZES, ViTEncoder
 
 __all__ = ["Backbone", "BACKBONES", "build_backbone", "register_backbone"]
 
@@ -99,14 +106,34 @@ def _densenet121(in_channels: int = 1) -> tuple[nn.Module, int]:
     return _DenseNetFeatures(in_channels), 1024
 
 
+def _vit(default_dim: int | None = None, default_heads: int | None = None):
+    def build(in_channels: int = 1, img_size: int = 224, patch_size: int = 16, depth: int = 12,
+              mlp_ratio: float = 4.0, qkv_bias: bool = True, embed_dim: int | None = default_dim,
+              num_heads: int | None = default_heads) -> tuple[nn.Module, int]:
+        if embed_dim is None or num_heads is None:
+            raise ValueError("backbone 'vit' needs embed_dim and num_heads (or use vit_tiny/vit_small/vit_base)")
+        net = ViTEncoder(in_channels=in_channels, img_size=img_size, patch_size=patch_size, hidden_size=embed_dim,
+                         num_layers=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
+        return net, int(embed_dim)
+
+    return build
+
+
+register_backbone("vit")(_vit())
+for _name, (_dim, _heads) in VIT_SIZES.items():
+    register_backbone(_name)(_vit(_dim, _heads))
+
+
 def build_backbone(name: str = "resnet18", in_channels: int = 1, **kwargs) -> Backbone:
     """Build a registered backbone.
 
     Args:
         name: one of :data:`BACKBONES` (``resnet10``, ``resnet18``, ``resnet34``, ``resnet50``,
-            ``densenet121``).
+            ``densenet121``, ``vit_tiny``, ``vit_small``, ``vit_base``, ``vit``).
         in_channels: image channels (1 for radiographs).
-        kwargs: passed to the factory, e.g. ``widen_factor`` for the ResNets.
+        kwargs: passed to the factory, e.g. ``widen_factor`` for the ResNets; ``img_size``,
+            ``patch_size``, ``depth``, ``mlp_ratio``, ``qkv_bias`` for the ViTs (and ``embed_dim``,
+            ``num_heads`` for ``vit``).
 
     Raises:
         ValueError: an unknown name, listing the known ones.

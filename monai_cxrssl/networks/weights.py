@@ -3,6 +3,10 @@
 :func:`init_backbone` is what every downstream bundle calls with a user-given path. It reports
 exactly what was loaded, and refuses a file that would leave the backbone (partly) untrained:
 a silent mismatch would make a "pretrained" run a random-initialisation run.
+
+ViT checkpoints in the timm/DINO/DINOv2 layout (``cls_token``, ``pos_embed``, ``blocks.{i}...``)
+are recognised and converted into the ViT backbones by :mod:`monai_cxrssl.networks.vit_import`
+(channels summed, positional embeddings resampled, LayerScale folded).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from torch import nn
 
 from monai_cxrssl.checkpoints import BACKBONE_EXPORT, SSL_CHECKPOINT, load_backbone_weights, read_checkpoint
 from monai_cxrssl.exceptions import CheckpointError
+from monai_cxrssl.networks.vit import ViTEncoder
+from monai_cxrssl.networks.vit_import import looks_like_timm_vit, timm_vit_state_dict
 
 __all__ = ["init_backbone", "map_state_dict"]
 
@@ -75,9 +81,10 @@ def init_backbone(backbone: nn.Module, weights: str | os.PathLike | None = None,
     Args:
         backbone: the network to initialise (a :class:`~monai_cxrssl.networks.Backbone`).
         weights: ``"random"``/empty (keep the random initialisation); a backbone export or training
-            checkpoint of this project (its backbone spec must match); or any file holding a state
-            dict (possibly nested under ``state_dict``/``model``/...), mapped with ``key_map`` and
-            common prefixes.
+            checkpoint of this project (its backbone spec must match); a ViT checkpoint in the
+            timm/DINO/DINOv2 layout (for a ViT backbone; converted, see
+            :mod:`~monai_cxrssl.networks.vit_import`); or any file holding a state dict (possibly
+            nested under ``state_dict``/``model``/...), mapped with ``key_map`` and common prefixes.
         key_map: prefix renaming for outside state dicts, e.g. ``{"encoder.": ""}``.
 
     Returns:
@@ -89,6 +96,9 @@ def init_backbone(backbone: nn.Module, weights: str | os.PathLike | None = None,
     if weights in RANDOM:
         return {"source": "random"}
     path = str(weights)
+    if path.lower().endswith(".safetensors"):
+        raise CheckpointError(f"'{path}' is a safetensors file; convert it to a PyTorch state dict first, e.g. "
+                              f"torch.save(safetensors.torch.load_file(path), 'weights.pt')")
     ckpt = read_checkpoint(path)
     fmt = ckpt.get("format") if isinstance(ckpt, Mapping) else None
     if fmt in (BACKBONE_EXPORT, SSL_CHECKPOINT):
@@ -100,9 +110,12 @@ def init_backbone(backbone: nn.Module, weights: str | os.PathLike | None = None,
 
     target = backbone.state_dict()
     try:
-        state = map_state_dict(_unwrap(ckpt), target.keys(), key_map)
+        raw = _unwrap(ckpt)
     except CheckpointError as e:
         raise CheckpointError(f"'{path}': {e}") from None
+    if looks_like_timm_vit(raw):
+        return _init_from_timm_vit(backbone, raw, path)
+    state = map_state_dict(raw, target.keys(), key_map)
     matched = [k for k in target if k in state]
     shape_errors = [f"{k}: file {tuple(state[k].shape)} vs backbone {tuple(target[k].shape)}"
                     for k in matched if tuple(state[k].shape) != tuple(target[k].shape)]
@@ -121,3 +134,18 @@ def init_backbone(backbone: nn.Module, weights: str | os.PathLike | None = None,
         logger.info("ignored %d key(s) of '%s' that the backbone does not have, e.g. %s", len(unexpected), path,
                     unexpected[:5])
     return {"source": path, "format": "state_dict", "loaded": len(matched), "unexpected": unexpected}
+
+
+def _init_from_timm_vit(backbone: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> dict:
+    """Load a timm/DINO/DINOv2 ViT state dict into a ViT backbone; log and report what was converted."""
+    vit = getattr(backbone, "net", backbone)
+    if not isinstance(vit, ViTEncoder):
+        spec = getattr(backbone, "spec", lambda: {"name": type(backbone).__name__})()
+        raise CheckpointError(f"'{path}' holds a ViT in the timm/DINOv2 layout; it can only initialise a ViT backbone "
+                              f"(vit_tiny, vit_small, vit_base, vit), but this run builds {spec}")
+    converted, notes = timm_vit_state_dict(state, vit, source=path)
+    vit.load_state_dict(converted, strict=True)
+    logger.info("initialised the ViT backbone from '%s' (timm/DINOv2 layout, %d tensors)", path, len(converted))
+    for note in notes:
+        logger.info("  %s", note)
+    return {"source": path, "format": "timm_vit", "loaded": len(converted), "notes": notes}

@@ -1,0 +1,148 @@
+"""DINO (Caron et al., 2021): self-distillation with no labels, the method behind DINOv2.
+
+A student (backbone + :class:`~monai_cxrssl.networks.DINOHead`) learns to match a teacher, an
+exponential moving average of the student, across crops of one radiograph:
+
+- views: 2 global crops (``scale`` 0.4-1) and ``n_local_crops`` smaller local crops
+  (0.05-0.4), made by the trainer (one :class:`~monai_cxrssl.data.CXRViewAugment` per view);
+- the teacher sees the 2 global crops; the student sees all of them, one backbone pass per
+  crop size (crops of one size are concatenated), then one head pass;
+- :class:`~monai_cxrssl.losses.DINOLoss`: cross-entropy between the centred, sharpened teacher
+  and the student on every pair of different crops; the teacher temperature warms up
+  (:meth:`DINO.before_step`);
+- after each optimiser step the teacher follows the student with a momentum that rises on a
+  cosine from 0.996 to 1 over training (:meth:`DINO.after_step`);
+- downstream tasks start from the **teacher**'s backbone (:meth:`DINO.export_backbone`).
+
+The student, the teacher and the loss's centre are all in the state dict: checkpoints resume
+exactly. ``init_weights`` starts both networks from a checkpoint (this project's backbone export,
+or a timm/DINOv2 ViT file: continuing SSL from DINOv2 on radiographs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from monai_cxrssl.losses.dino import DINOLoss
+from monai_cxrssl.methods.base import SSLMethod
+from monai_cxrssl.networks.backbones import Backbone
+from monai_cxrssl.networks.heads import DINOHead
+from monai_cxrssl.networks.momentum import cosine_schedule, momentum_copy, update_momentum
+from monai_cxrssl.networks.weights import init_backbone
+
+__all__ = ["DINO"]
+
+
+class DINO(SSLMethod):
+    """DINO.
+
+    Args:
+        backbone: the student's feature extractor (e.g. ``build_backbone("vit_small")``); the
+            teacher is a copy of it.
+        n_local_crops: local crops per image (DINO: 6 to 10; 0 gives two-crop DINO).
+        out_dim: prototypes of the head (DINO: 65,536 on ImageNet; far fewer suit small data sets).
+        hidden_dim: head MLP width (2048).
+        bottleneck_dim: head bottleneck (256).
+        head_layers: linear layers of the head before the prototypes (3).
+        head_batch_norm: BatchNorm in the head (DINO uses it only for ResNets, optionally).
+        norm_last_layer: fix the prototypes' norm at 1 (DINO's default, for stability).
+        student_temp: student temperature (0.1).
+        teacher_temp: teacher temperature after the warm-up (0.04-0.07).
+        warmup_teacher_temp: teacher temperature at the start (0.04).
+        warmup_teacher_temp_iterations: iterations of the linear teacher temperature warm-up.
+        center_momentum: momentum of the loss's centre (0.9).
+        momentum_start: teacher EMA momentum at the first step (0.996), rising on a cosine to
+        momentum_end: its value at the end of training (1.0).
+        init_weights: ``""``/``"random"``, or a file to initialise the backbone (student and teacher)
+            with, as :func:`~monai_cxrssl.networks.init_backbone` reads it; what was loaded is kept
+            in :attr:`init_report`.
+    """
+
+    name = "dino"
+
+    def __init__(self, backbone: Backbone, n_local_crops: int = 6, out_dim: int = 4096, hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256, head_layers: int = 3, head_batch_norm: bool = False,
+                 norm_last_layer: bool = True, student_temp: float = 0.1, teacher_temp: float = 0.07,
+                 warmup_teacher_temp: float = 0.04, warmup_teacher_temp_iterations: int = 0,
+                 center_momentum: float = 0.9, momentum_start: float = 0.996, momentum_end: float = 1.0,
+                 init_weights: str | None = ""):
+        super().__init__(backbone)
+        if n_local_crops < 0:
+            raise ValueError(f"n_local_crops must be >= 0, got {n_local_crops}")
+        if not 0.0 <= momentum_start <= momentum_end <= 1.0:
+            raise ValueError(f"expected 0 <= momentum_start <= momentum_end <= 1, got {momentum_start}, {momentum_end}")
+        self.init_report = init_backbone(backbone, init_weights)
+        self.n_local_crops = int(n_local_crops)
+        self.num_views = 2 + self.n_local_crops
+        self.head = DINOHead(backbone.out_dim, out_dim, hidden_dim, bottleneck_dim, head_layers,
+                             batch_norm=head_batch_norm, norm_last_layer=norm_last_layer)
+        self.teacher_backbone = momentum_copy(backbone)
+        self.teacher_head = momentum_copy(self.head)
+        self.criterion = DINOLoss(out_dim, self.num_views, student_temp=student_temp, teacher_temp=teacher_temp,
+                                  warmup_teacher_temp=warmup_teacher_temp,
+                                  warmup_iterations=warmup_teacher_temp_iterations, center_momentum=center_momentum)
+        self.momentum_start = float(momentum_start)
+        self.momentum_end = float(momentum_end)
+        self._momentum = self.momentum_start
+
+    # ------------------------------------------------------------------------------ schedules
+    def momentum_at(self, iteration: int, max_iterations: int) -> float:
+        """Teacher EMA momentum applied after the (1-based) ``iteration``: cosine from ``momentum_start``
+        (first iteration) towards ``momentum_end`` (reached after the last one)."""
+        return cosine_schedule(iteration - 1, max_iterations, self.momentum_start, self.momentum_end)
+
+    def before_step(self, iteration: int, max_iterations: int) -> None:
+        """Set the teacher temperature (and the momentum to be logged) for this iteration."""
+        self.criterion.set_iteration(iteration)
+        self._momentum = self.momentum_at(iteration, max_iterations)
+
+    @torch.no_grad()
+    def after_step(self, iteration: int, max_iterations: int) -> None:
+        """Move the teacher (backbone and head) towards the student."""
+        m = self.momentum_at(iteration, max_iterations)
+        update_momentum(self.backbone, self.teacher_backbone, m)
+        update_momentum(self.head, self.teacher_head, m)
+
+    # -------------------------------------------------------------------------------- forward
+    @staticmethod
+    def _by_size(views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Consecutive views of one spatial size, concatenated (one backbone pass each)."""
+        groups: list[list[torch.Tensor]] = []
+        for v in views:
+            if groups and groups[-1][0].shape[-2:] == v.shape[-2:]:
+                groups[-1].append(v)
+            else:
+                groups.append([v])
+        return [torch.cat(g) if len(g) > 1 else g[0] for g in groups]
+
+    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if len(views) != self.num_views:
+            raise ValueError(f"DINO with {self.n_local_crops} local crops takes {self.num_views} views, "
+                             f"got {len(views)}")
+        if views[0].shape != views[1].shape:
+            raise ValueError(f"the two global views must have one shape, got {tuple(views[0].shape)} and "
+                             f"{tuple(views[1].shape)}")
+        with torch.no_grad():
+            teacher_out = self.teacher_head(self.teacher_backbone(torch.cat(views[:2])))
+        features = torch.cat([self.backbone(group) for group in self._by_size(views)])
+        student_out = self.head(features)
+        loss = self.criterion(student_out, teacher_out)
+        return {"loss": loss,
+                "teacher_temp": torch.tensor(self.criterion.teacher_temp),
+                "momentum": torch.tensor(self._momentum)}
+
+    def export_backbone(self) -> nn.Module:
+        """The teacher's backbone: DINO's evaluations (and downstream tasks) use the teacher."""
+        return self.teacher_backbone
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimiser groups over the student (the teacher is never optimised): weights decay, biases and
+        1-D parameters (norms) do not, as in DINO."""
+        decay, no_decay = [], []
+        for name, p in [*self.backbone.named_parameters(), *self.head.named_parameters()]:
+            if not p.requires_grad:
+                continue
+            (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
