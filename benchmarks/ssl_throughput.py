@@ -9,8 +9,9 @@ handlers, with command-line-style overrides) on real Kermany radiographs and mea
     timed between Ignite ``ITERATION_COMPLETED`` events after ``--warmup`` iterations, in
     ``--reps`` windows of ``--steps`` iterations; the median window is reported;
 (b) **model only**: the same method, optimiser, precision and memory layout stepping on batches
-    of views made beforehand and kept in memory (no data loading, no augmentation, no handlers),
-    same windows;
+    of views made beforehand and kept in memory (no data loading, no augmentation, no handlers).
+    Its windows alternate with (a)'s in the same process (a window of each in turn), so that
+    the machine's speed drifts affect both alike;
 (c) **pipeline efficiency** = (a) / (b);
 (d) the **modes**: ``fp32`` (fp32, NCHW: the plain baseline), ``fast`` (the bundle's defaults:
     ``precision auto``, channels_last) and ``bf16`` (bf16 autocast forced, channels_last);
@@ -70,16 +71,6 @@ def matmul_peak(dtype_name: str = "float32", n: int = 2048, reps: int = 5) -> fl
     return statistics.median(rates)
 
 
-def _windows(stamps: list[float], warmup: int, steps: int, reps: int, batch: int) -> list[float]:
-    """pairs/s of ``reps`` consecutive windows of ``steps`` iterations after ``warmup`` (stamps[i] = end of iteration i)."""
-    out = []
-    for r in range(reps):
-        start = stamps[warmup + r * steps - 1] if warmup + r * steps > 0 else stamps[0]
-        end = stamps[warmup + (r + 1) * steps - 1]
-        out.append(batch * steps / (end - start))
-    return out
-
-
 def run_worker(spec: dict) -> dict:
     """Measure one configuration (runs in its own process; see the module docstring)."""
     import torch
@@ -117,10 +108,6 @@ def run_worker(spec: dict) -> dict:
     parser.get_parsed_content("train#dataset")
     cache_s = time.perf_counter() - t0
     trainer = parser.get_parsed_content("train#trainer")
-    stamps: list[float] = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: stamps.append(time.perf_counter()))
-    trainer.run()
-    e2e = _windows(stamps, warmup, steps, reps, batch)
 
     # model only: the trainer's own method, optimiser, precision and layout on batches of views made
     # beforehand and kept in memory (distinct batches, as in training: a method stepping on one
@@ -131,8 +118,8 @@ def run_worker(spec: dict) -> dict:
     method, opt = trainer.method, trainer.optimizer
     g = torch.Generator().manual_seed(0)
     view_sets = []
-    for k, batch in zip(range(steps * reps), parser.get_parsed_content("train#dataloader")):
-        sources = {key: batch[key].to(trainer.state.device) for key in set(trainer.view_keys)}
+    for k, data in zip(range(steps), parser.get_parsed_content("train#dataloader")):
+        sources = {key: data[key].to(trainer.state.device) for key in set(trainer.view_keys)}
         views = [aug(sources[key], np.random.RandomState(100 * k + i), g)
                  for i, (aug, key) in enumerate(zip(trainer.views, trainer.view_keys))]
         if trainer.channels_last:
@@ -152,13 +139,29 @@ def run_worker(spec: dict) -> dict:
     with FlopCounterMode(display=False) as fc:
         model_step()
     flops = fc.get_total_flops()
-    for _ in range(max(1, warmup - 1)):
-        model_step()
-    model_stamps = [time.perf_counter()]
-    for _ in range(steps * reps):
-        model_step()
-        model_stamps.append(time.perf_counter())
-    model = _windows(model_stamps, 1, steps, reps, batch)
+
+    # (a) and (b) interleaved in one process: after the warm-up, each window of `steps` training
+    # iterations is followed by a window of `steps` model-only steps, so that drifts of the machine's
+    # speed (this VM's throughput wanders by 10-20% over minutes) hit both alike
+    e2e, model, mark = [], [], [0.0]
+
+    def on_iteration(engine):
+        it = engine.state.iteration
+        if it < warmup or (it - warmup) % steps:
+            return
+        if it > warmup:
+            e2e.append(batch * steps / (time.perf_counter() - mark[0]))
+            t = time.perf_counter()
+            for _ in range(steps):
+                model_step()
+            model.append(batch * steps / (time.perf_counter() - t))
+        else:
+            for _ in range(2):  # warm the model-only path as the trainer's warm-up warmed its own
+                model_step()
+        mark[0] = time.perf_counter()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, on_iteration)
+    trainer.run()
     step_s = batch / statistics.median(model)
     shutil.rmtree(tmp, ignore_errors=True)
     return {
