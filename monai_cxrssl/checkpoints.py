@@ -20,7 +20,7 @@ import torch
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.utils import atomic_write
 
-__all__ = ["SSL_CHECKPOINT", "BACKBONE_EXPORT", "atomic_save", "read_checkpoint", "load_backbone_weights"]
+__all__ = ["SSL_CHECKPOINT", "BACKBONE_EXPORT", "atomic_save", "read_checkpoint", "load_backbone_weights", "strip_prefixes"]
 
 SSL_CHECKPOINT = "monai_cxrssl/ssl-checkpoint"
 BACKBONE_EXPORT = "monai_cxrssl/backbone"
@@ -85,3 +85,14 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | os.PathLike) ->
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint '{path}' does not fit the backbone: {e}") from e
     return ckpt
+
+
+def strip_prefixes(key: str, prefixes) -> str:
+    """``key`` with any run of the wrapper ``prefixes`` removed from its start (e.g. ``module.encoder_q.``)."""
+    changed = True
+    while changed:
+        changed = False
+        for p in prefixes:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.networks.vit import ViTEncoder, resample_pos_embed
+from monai_cxrssl.checkpoints import strip_prefixes
 
 __all__ = ["looks_like_timm_vit", "timm_vit_state_dict", "resample_patch_kernel"]
 
@@ -93,13 +94,7 @@ def _strip(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
-        k = key
-        changed = True
-        while changed:
-            changed = False
-            for p in PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
+        k = strip_prefixes(key, PREFIXES)
         if m := _CHUNKED.match(k):  # DINOv2 block chunks keep the global block index
             k = f"blocks.{m.group(1)}.{m.group(2)}"
         if k in out:

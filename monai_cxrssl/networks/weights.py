@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from monai_cxrssl.checkpoints import BACKBONE_EXPORT, SSL_CHECKPOINT, load_backbone_weights, read_checkpoint
+from monai_cxrssl.checkpoints import BACKBONE_EXPORT, SSL_CHECKPOINT, load_backbone_weights, read_checkpoint, strip_prefixes
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.networks.vit import ViTEncoder
 from monai_cxrssl.networks.vit_import import looks_like_timm_vit, timm_vit_state_dict
@@ -60,16 +60,7 @@ def map_state_dict(state: Mapping[str, torch.Tensor], target_keys, key_map: Mapp
             state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
     target_keys = set(target_keys)
 
-    def strip(k: str) -> str:
-        changed = True
-        while changed:
-            changed = False
-            for p in STRIP_PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        return k
-
-    candidates = [state, {strip(k): v for k, v in state.items()}]
+    candidates = [state, {strip_prefixes(k, STRIP_PREFIXES): v for k, v in state.items()}]
     candidates += [{"net." + k: v for k, v in c.items()} for c in list(candidates)]
     return max(candidates, key=lambda c: len(target_keys & set(c)))
 
