@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import runner
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -26,13 +24,7 @@ SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10", "-
 
 
 def bundle(config, out_dir, *args, check=True):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--output_dir", str(out_dir),
-           *map(str, args)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return runner.run_bundle(config, out_dir, *args, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+import runner
 import torch
 
 from monai_cxrssl.checkpoints import load_backbone_weights, read_checkpoint
@@ -26,14 +24,8 @@ SMALL = ["--image_size", "32", "--local_size", "16", "--local_crops", "2", "--ba
 
 
 def run_bundle(out_dir, *args, config=CONFIG, small=SMALL, check=True):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config),
-           "--output_dir", str(out_dir), *small, *map(str, args)]
     # one thread: these tiny networks run faster without thread synchronisation, above all on a busy machine
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        pytest.fail(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return runner.run_bundle(config, out_dir, *small, *args, check=check, threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+import runner
 
 from monai_cxrssl.checkpoints import read_checkpoint
 from monai_cxrssl.paths import REPO_ROOT
@@ -18,13 +16,7 @@ SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10", "-
 
 
 def run_bundle(out_dir, *args, check=True):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG), "--output_dir", str(out_dir),
-           *SMALL, *map(str, args)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if check and proc.returncode != 0:
-        pytest.fail(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return runner.run_bundle(CONFIG, out_dir, *SMALL, *args, check=check)
 
 
 @pytest.mark.slow

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
+from runner import torchrun
 import torch
 
 from monai_cxrssl.checkpoints import read_checkpoint
-from monai_cxrssl.paths import REPO_ROOT
 
 HERE = os.path.dirname(__file__)
-
-
-def torchrun(nproc: int, *args, timeout=600):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *map(str, args)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.mark.slow
@@ -45,9 +34,9 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, me
 def test_simclr_bundle_under_torchrun(tmp_path):
     out = tmp_path / "out"
     configs = "['bundles/simclr_cxr/configs/train.json','bundles/simclr_cxr/configs/multi_gpu_train.json']"
-    proc = torchrun(2, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir", out,
-                    "--image_size", "32", "--batch_size", "4", "--backbone", "resnet10", "--precision", "fp32",
-                    "--epochs", "1", "--progress", "false", "--cache_workers", "1")
+    torchrun(2, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir", out,
+             "--image_size", "32", "--batch_size", "4", "--backbone", "resnet10", "--precision", "fp32",
+             "--epochs", "1", "--progress", "false", "--cache_workers", "1")
     ckpt = read_checkpoint(out / "checkpoint.pt")
     import json
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from runner import run_python
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -205,12 +203,7 @@ SMALL = ["--backbone", "resnet10", "--image-size", "32", "--batch-size", "8"]
 
 
 def _run(*args, cwd=REPO_ROOT):
-    cmd = [sys.executable, *map(str, args)]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_python(*args, cwd=cwd)
 
 
 @pytest.mark.slow
