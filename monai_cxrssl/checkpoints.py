@@ -11,6 +11,7 @@ Two kinds, both plain ``torch.save`` dictionaries with a ``format`` tag:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ import torch
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.utils import atomic_write
 
-__all__ = ["SSL_CHECKPOINT", "BACKBONE_EXPORT", "atomic_save", "read_checkpoint", "load_backbone_weights", "strip_prefixes"]
+__all__ = ["SSL_CHECKPOINT", "BACKBONE_EXPORT", "atomic_save", "read_checkpoint", "load_backbone_weights", "strip_prefixes",
+           "file_sha256", "initialisation_chain"]
 
 SSL_CHECKPOINT = "monai_cxrssl/ssl-checkpoint"
 BACKBONE_EXPORT = "monai_cxrssl/backbone"
@@ -96,3 +98,37 @@ def strip_prefixes(key: str, prefixes) -> str:
             if key.startswith(p):
                 key, changed = key[len(p):], True
     return key
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex): identifies an initialisation file whatever its name or place."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def initialisation_chain(report: dict | None) -> list[dict]:
+    """Where a network's initial weights came from, most recent first, down to random or an outside file.
+
+    ``report`` is an :func:`~monai_cxrssl.networks.init_backbone` report (kept by every SSL method and
+    classifier as ``init_report``, stored in checkpoints and backbone exports as ``"initialisation"``;
+    a classifier's ``model_info`` has it as ``"init"``). Each report of a file of this project carries
+    that file's own ``"initialisation"``, so the chain is followed back through every stage. Each link:
+    ``{"source", "format", "method", "epoch", "sha256", "data"}`` (``data``: the dataset or datalist the
+    stage trained on, when recorded); the last link is ``{"source": "random"}`` for a chain that started
+    from random weights, and ``{"source": None}`` when a file predates this record.
+    """
+    chain, seen = [], 0
+    while isinstance(report, dict) and seen < 100:
+        origin = report.get("origin") or {}
+        data = origin.get("datalist") or origin.get("dataset_dir") or None
+        chain.append({"source": report.get("source"), "format": report.get("format"), "method": report.get("method"),
+                      "epoch": report.get("epoch"), "sha256": report.get("sha256"), "data": data})
+        if report.get("source") == "random" or report.get("format") not in (BACKBONE_EXPORT, SSL_CHECKPOINT):
+            return chain
+        report, seen = report.get("initialisation"), seen + 1
+    chain.append({"source": None, "format": None, "method": None, "epoch": None, "sha256": None, "data": None})
+    return chain
+

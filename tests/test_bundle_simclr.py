@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+import runner
 import torch
 
 from monai_cxrssl.checkpoints import load_backbone_weights, read_checkpoint
@@ -21,13 +18,7 @@ SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10", "-
 
 
 def run_bundle(out_dir, *args, check=True, small=True):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG),
-           "--output_dir", str(out_dir), *(SMALL if small else []), *map(str, args)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        pytest.fail(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return runner.run_bundle(CONFIG, out_dir, *(SMALL if small else []), *args, check=check)
 
 
 @pytest.mark.slow
@@ -91,6 +82,14 @@ def test_bad_input_fails_before_training_naming_the_problem(tmp_path):
     proc = run_bundle(tmp_path / "o2", "--datalist", dl, check=False)
     assert proc.returncode != 0 and "nowhere.png" in proc.stdout + proc.stderr
     assert not (tmp_path / "o2" / "checkpoint.pt").exists()
+
+    # initial weights of another backbone (two-stage pretraining): refused before the first iteration
+    other = tmp_path / "resnet18_backbone.pt"
+    torch.save({"format": "monai_cxrssl/backbone", "backbone": build_backbone("resnet18").spec(),
+                "state_dict": build_backbone("resnet18").state_dict()}, other)
+    proc = run_bundle(tmp_path / "o3", "--init_weights", other, check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "resnet18_backbone.pt" in log and "Engine run" not in log
 
 
 @pytest.mark.slow

@@ -183,7 +183,9 @@ class SSLCheckpoint(TrainingCheckpoint):
         # where the exported backbone lives in the method's state dict (DINO: the teacher's)
         exported = self.network.export_backbone()
         prefix = next(name for name, module in self.network.named_modules() if module is exported)
-        return {**super()._common(engine), "export_prefix": f"{prefix}." if prefix else ""}
+        return {**super()._common(engine), "export_prefix": f"{prefix}." if prefix else "",
+                # two-stage pretraining: what the backbone started from, and that file's own chain
+                "initialisation": getattr(self.network, "init_report", None) or {"source": "random"}}
 
     def export(self, engine: Engine, common: dict) -> None:
         atomic_save(self.network.state_dict(), self.save_dir / "models" / "model.pt")

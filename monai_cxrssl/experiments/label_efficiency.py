@@ -97,7 +97,6 @@ import argparse
 import contextlib
 import csv
 import gc
-import hashlib
 import json
 import logging
 import math
@@ -267,14 +266,6 @@ def _positive(value, what: str, cast=float):
     return cast(v)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _normalise_inits(inits) -> dict[str, str | None]:
     pairs = list(inits.items()) if isinstance(inits, Mapping) else [parse_init(t) for t in (inits or [])]
     if not pairs:
@@ -291,6 +282,7 @@ def _normalise_inits(inits) -> dict[str, str | None]:
 
 def _check_inits(inits: dict[str, str | None], backbone: str) -> dict[str, dict]:
     """Load every init file into a fresh ``backbone``; return ``{name: {"path", "sha256", "method"}}``."""
+    from monai_cxrssl.checkpoints import file_sha256
     from monai_cxrssl.networks import build_backbone, init_backbone
 
     try:
@@ -308,7 +300,7 @@ def _check_inits(inits: dict[str, str | None], backbone: str) -> dict[str, dict]
             report = init_backbone(build_backbone(backbone), path)
         except Exception as e:  # CheckpointError and anything a foreign file may raise
             raise StudyError(f"init '{name}': the file '{path}' cannot initialise the backbone {backbone!r}: {e}") from None
-        checked[name] = {"path": path, "sha256": _sha256(Path(path)), "method": report.get("method"),
+        checked[name] = {"path": path, "sha256": file_sha256(path), "method": report.get("method"),
                          "format": report.get("format")}
         _say(f"init {name}: {path} loads into {backbone} ({report.get('format')}, method {report.get('method')})")
     return checked

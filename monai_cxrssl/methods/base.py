@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from monai_cxrssl.networks.backbones import Backbone
+from monai_cxrssl.networks.weights import init_backbone
 
 __all__ = ["SSLMethod"]
 
@@ -23,6 +24,12 @@ class SSLMethod(nn.Module):
 
     Args:
         backbone: the feature extractor being pretrained (exported for downstream use).
+        init_weights: ``""``/``"random"``, or a file to start the backbone from before any other network
+            (momentum copies, teachers) is derived from it: this project's backbone export or checkpoint
+            (same backbone), a timm/DINOv2 ViT file, or an outside state dict (see
+            :func:`~monai_cxrssl.networks.init_backbone`). This is two-stage pretraining, not resuming:
+            optimiser, schedules and method state start fresh. What was loaded, and where *that* came
+            from, is kept in :attr:`init_report` and recorded in every checkpoint and backbone export.
     """
 
     name: str = "ssl"
@@ -32,9 +39,10 @@ class SSLMethod(nn.Module):
     #: MICLe makes its second view from another image of the same patient.
     view_keys: tuple[str, ...] | None = None
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: Backbone, init_weights: str | None = ""):
         super().__init__()
         self.backbone = backbone
+        self.init_report = init_backbone(backbone, init_weights)
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Return at least ``{"loss": scalar}``; other scalars are logged."""

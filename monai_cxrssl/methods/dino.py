@@ -29,7 +29,6 @@ from monai_cxrssl.methods.base import SSLMethod
 from monai_cxrssl.networks.backbones import Backbone
 from monai_cxrssl.networks.heads import DINOHead
 from monai_cxrssl.networks.momentum import cosine_schedule, momentum_copy, update_momentum
-from monai_cxrssl.networks.weights import init_backbone
 
 __all__ = ["DINO"]
 
@@ -67,12 +66,11 @@ class DINO(SSLMethod):
                  warmup_teacher_temp: float = 0.04, warmup_teacher_temp_iterations: int = 0,
                  center_momentum: float = 0.9, momentum_start: float = 0.996, momentum_end: float = 1.0,
                  init_weights: str | None = ""):
-        super().__init__(backbone)
+        super().__init__(backbone, init_weights)  # before the teacher is copied from it
         if n_local_crops < 0:
             raise ValueError(f"n_local_crops must be >= 0, got {n_local_crops}")
         if not 0.0 <= momentum_start <= momentum_end <= 1.0:
             raise ValueError(f"expected 0 <= momentum_start <= momentum_end <= 1, got {momentum_start}, {momentum_end}")
-        self.init_report = init_backbone(backbone, init_weights)
         self.n_local_crops = int(n_local_crops)
         self.num_views = 2 + self.n_local_crops
         self.head = DINOHead(backbone.out_dim, out_dim, hidden_dim, bottleneck_dim, head_layers,

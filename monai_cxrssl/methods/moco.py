@@ -142,6 +142,8 @@ class MoCo(SSLMethod):
         key_splits: chunks per process for shuffle-BN (see the module docstring); 1 turns the
             shuffle off in a single process.
         seed: seed of the shuffle permutation (with the iteration).
+        init_weights: initial backbone weights (two-stage pretraining), copied into the key encoder
+            too; see :class:`SSLMethod`.
     """
 
     name = "moco"
@@ -149,8 +151,9 @@ class MoCo(SSLMethod):
 
     def __init__(self, backbone: Backbone, hidden_dim: int | None = None, out_dim: int = 128,
                  head_batch_norm: bool = False, temperature: float = 0.2, queue_size: int = 4096,
-                 momentum: float = 0.999, momentum_schedule: str = "constant", key_splits: int = 2, seed: int = 0):
-        super().__init__(backbone)
+                 momentum: float = 0.999, momentum_schedule: str = "constant", key_splits: int = 2, seed: int = 0,
+                 init_weights: str | None = ""):
+        super().__init__(backbone, init_weights)  # before the key encoder is copied from it
         if int(queue_size) < 1:
             raise ValueError(f"queue_size must be >= 1 (the number of negative keys kept), got {queue_size}")
         if not 0.0 <= float(momentum) <= 1.0:

@@ -23,13 +23,15 @@ class SimCLR(SSLMethod):
         hidden_dim: projection head width.
         out_dim: embedding dimension (128 in SimCLR).
         temperature: NT-Xent temperature.
+        init_weights: initial backbone weights (two-stage pretraining), see :class:`SSLMethod`.
     """
 
     name = "simclr"
     num_views = 2
 
-    def __init__(self, backbone: Backbone, hidden_dim: int = 2048, out_dim: int = 128, temperature: float = 0.1):
-        super().__init__(backbone)
+    def __init__(self, backbone: Backbone, hidden_dim: int = 2048, out_dim: int = 128, temperature: float = 0.1,
+                 init_weights: str | None = ""):
+        super().__init__(backbone, init_weights)
         self.head = ProjectionHead(backbone.out_dim, hidden_dim, out_dim, num_layers=2)
         self.criterion = NTXentLoss(temperature)
 

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from monai_cxrssl.checkpoints import BACKBONE_EXPORT, SSL_CHECKPOINT, load_backbone_weights, read_checkpoint, strip_prefixes
+from monai_cxrssl.checkpoints import (BACKBONE_EXPORT, SSL_CHECKPOINT, file_sha256, load_backbone_weights, read_checkpoint,
+                                      strip_prefixes)
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.networks.vit import ViTEncoder
 from monai_cxrssl.networks.vit_import import looks_like_timm_vit, timm_vit_state_dict
@@ -86,7 +87,12 @@ def init_backbone(backbone: nn.Module, weights: str | os.PathLike | None = None,
     """
     if weights in RANDOM:
         return {"source": "random"}
-    path = str(weights)
+    report = _init_backbone(backbone, str(weights), key_map)
+    report["sha256"] = file_sha256(report["source"])
+    return report
+
+
+def _init_backbone(backbone: nn.Module, path: str, key_map: Mapping[str, str] | None) -> dict:
     if path.lower().endswith(".safetensors"):
         raise CheckpointError(f"'{path}' is a safetensors file; convert it to a PyTorch state dict first, e.g. "
                               f"torch.save(safetensors.torch.load_file(path), 'weights.pt')")
@@ -95,7 +101,9 @@ def init_backbone(backbone: nn.Module, weights: str | os.PathLike | None = None,
     if fmt in (BACKBONE_EXPORT, SSL_CHECKPOINT):
         meta = load_backbone_weights(backbone, path)
         report = {"source": path, "format": fmt, "method": meta.get("method"), "epoch": meta.get("epoch"),
-                  "loaded": len(backbone.state_dict()), "origin": meta.get("metadata", {})}
+                  "loaded": len(backbone.state_dict()), "origin": meta.get("metadata", {}),
+                  # where that file's own initial weights came from: the chain of stages (None: not recorded)
+                  "initialisation": meta.get("initialisation")}
         logger.info("initialised backbone from %s (%s, epoch %s)", path, meta.get("method"), meta.get("epoch"))
         return report
 
