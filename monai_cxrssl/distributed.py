@@ -8,10 +8,13 @@ wraps the method in ``DistributedDataParallel``, the sampler shards the data.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["is_distributed", "get_rank", "get_world_size", "is_main_process", "init_process_group",
            "destroy_process_group", "gather_with_grad", "gather_no_grad", "local_device"]
@@ -59,6 +62,8 @@ def init_process_group(backend: str | None = None) -> bool:
         return False
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     dist.init_process_group(backend=backend)
+    logger.info("process group: rank %d of %d (backend %s, local rank %s)", dist.get_rank(), dist.get_world_size(),
+                backend, os.environ.get("LOCAL_RANK", "?"))
     return True
 
 
