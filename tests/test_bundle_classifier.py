@@ -19,6 +19,7 @@ BUNDLES = REPO_ROOT / "bundles"
 TRAIN = str(BUNDLES / "cxr_classifier" / "configs" / "train.json")
 EVALUATE = str(BUNDLES / "cxr_classifier" / "configs" / "evaluate.json")
 INFER = str(BUNDLES / "cxr_classifier" / "configs" / "inference.json")
+SHIFT = str(BUNDLES / "cxr_classifier" / "configs" / "evaluate_shift.json")
 SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10", "--progress", "false",
          "--cache_workers", "1"]
 
@@ -42,6 +43,9 @@ def test_pretrain_probe_evaluate_infer(tmp_path, pretrained):
     info = json.loads((out / "models" / "model_info.json").read_text())
     assert info["mode"] == "linear" and info["init"]["source"] == str(pretrained) and info["init"]["method"] == "simclr"
     assert info["label_fraction"] == 0.5 and info["best_epoch"] in (1, 2)
+    # where the initialisation came from, back to random: the SimCLR export, which itself started from random
+    assert [link["source"] for link in info["init_chain"]] == [str(pretrained), "random"]
+    assert info["init_chain"][0]["method"] == "simclr" and len(info["init_chain"][0]["sha256"]) == 64
     # linear probe: the backbone in the trained model is exactly the pretrained one
     pre = read_checkpoint(pretrained)["state_dict"]
     model = read_checkpoint(out / "models" / "model.pt")
@@ -92,19 +96,40 @@ def test_multilabel_nih_and_missing_label_column(tmp_path, nih_dir):
 
 
 @pytest.mark.slow
-def test_binary_linear_probe_on_real_kermany(tmp_path, kermany_dir):
-    from monai_cxrssl.data.datalist import datalist_from_class_folders, write_datalist
+def test_binary_linear_probe_on_real_kermany_then_shifted_to_nih(tmp_path, kermany_dir, nih_dir):
+    from monai_cxrssl.data.datalist import datalist_from_class_folders, datalist_from_csv, write_datalist
+    from monai_cxrssl.evaluation import read_predictions
 
     dl = datalist_from_class_folders(kermany_dir)
     dl["training"] = dl["training"][::50]  # 105 images of both classes
     dl["test"] = dl["test"][::12]  # 52 images of both classes
     path = write_datalist(dl, tmp_path / "kermany_small.json")
+    nih = datalist_from_csv(nih_dir / "labels.csv", label_col="binary_label", patient_col="patient_id",
+                            split_col="split")
+    nih_path = write_datalist(nih, tmp_path / "nih_binary.json")
     out = tmp_path / "k"
     bundle(TRAIN, out, "--datalist", path, "--mode", "linear", "--epochs", "3", "--learning_rate", "0.01", *SMALL)
-    bundle(f"['{TRAIN}','{EVALUATE}']", out, "--datalist", path, "--mode", "linear", "--n_resamples", "50", *SMALL)
+    # own test set, then the NIH adult test set without retraining, then the AUC drop
+    bundle(f"['{TRAIN}','{EVALUATE}','{SHIFT}']", out, "--datalist", path, "--mode", "linear", "--n_resamples", "50",
+           "--shift_datalist", nih_path, "--label_map", "{'0_normal': 'NORMAL', '1_abnormal': 'PNEUMONIA'}", *SMALL)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["task"] == "binary" and metrics["n_images"] == len(dl["test"])
     assert list(metrics["per_output"]) == ["PNEUMONIA"]
+    shift = json.loads((out / "eval_shift" / "shift.json").read_text())
+    assert shift["n_images"] == [len(dl["test"]), len(nih["test"])] and shift["mapping"]["1_abnormal"] == "PNEUMONIA"
+    own, shifted = read_predictions(out / "eval" / "predictions.csv"), read_predictions(out / "eval_shift" / "predictions.csv")
+    assert shift["auc_own"] == pytest.approx(roc_auc_score(own["targets"][:, 0], own["probs"][:, 0]))
+    assert shift["auc_shifted"] == pytest.approx(roc_auc_score(shifted["targets"][:, 0], shifted["probs"][:, 0]))
+    assert shift["drop"] == pytest.approx(shift["auc_own"] - shift["auc_shifted"])
+    assert shift["ci_low"] <= shift["drop"] <= shift["ci_high"]
+    nih_abnormal = sum(e["label"] for e in nih["test"])
+    assert shifted["targets"][:, 0].sum() == nih_abnormal  # abnormal -> the model's positive class
+
+    # a class without a counterpart: refused before evaluating, naming the class and the way out
+    proc = bundle(f"['{TRAIN}','{EVALUATE}','{SHIFT}']", out, "--datalist", path, "--mode", "linear",
+                  "--shift_datalist", nih_path, *SMALL, check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "0_normal" in log and "label_map" in log
 
 
 @pytest.mark.slow

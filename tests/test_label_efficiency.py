@@ -108,6 +108,32 @@ def test_statistics_perfect_vs_noise_and_identical(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_negative_transfer_is_flagged_in_the_rows_notes_and_table(tmp_path):
+    """A constructed case: 'wrong_domain' predicts the opposite of the labels, 'random' is informative, 'noisy'
+    is indistinguishable from random; only the first is called negative transfer."""
+    patients, y = _labels()
+    rng = np.random.default_rng(5)
+    runs = {}
+    for s in (0, 1):
+        informative = np.clip(0.25 * y + 0.75 * rng.random(y.size), 0, 1)
+        runs[RunSpec("random", "linear", 0.1, s)] = informative
+        runs[RunSpec("wrong_domain", "linear", 0.1, s)] = np.clip(0.4 * (1 - y) + 0.6 * rng.random(y.size), 0, 1)
+        runs[RunSpec("noisy", "linear", 0.1, s)] = np.clip(informative + rng.normal(0, 0.02, y.size), 0, 1)
+        runs[RunSpec("good", "linear", 0.1, s)] = np.clip(0.9 * y + 0.1 * rng.random(y.size), 0, 1)
+    stats = study_statistics(_study(tmp_path, runs, patients, y), n_resamples=400, seed=0)
+    rows = {r["init"]: r for r in stats["rows"]}
+    assert rows["wrong_domain"]["vs_reference"]["ci_high"] < 0
+    assert rows["wrong_domain"]["verdict"] == "WORSE: negative transfer"
+    assert rows["noisy"]["verdict"] == "no clear difference"
+    assert rows["good"]["verdict"] == "better"
+    assert rows["random"]["verdict"] is None
+    negative = [n for n in stats["notes"] if n.startswith("NEGATIVE TRANSFER")]
+    assert len(negative) == 1 and "wrong_domain (linear, fraction 0.1)" in negative[0]
+    table = format_table(stats)
+    assert "| **WORSE: negative transfer** |" in table and table.count("negative transfer**") == 1
+    assert "Note: NEGATIVE TRANSFER: wrong_domain" in table
+
+
 def test_statistics_one_seed_equal_the_paired_bootstrap_and_resamples_are_shared(tmp_path):
     patients, y = _labels()
     rng = np.random.default_rng(1)

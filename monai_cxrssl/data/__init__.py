@@ -17,6 +17,7 @@ _EXPORTS = {
     "io": ["read_cxr", "read_dicom_header"],
     "multi_instance": ["MultiInstanceBatchSampler", "MultiInstancePairs", "group_ids", "multi_instance_dataloader"],
     "phantoms": ["make_phantom", "write_demo_dataset"],
+    "shift": ["resolve_label_map", "shifted_test_items"],
     "splits": ["format_leakage_report", "label_fraction", "leakage_report", "patient_split"],
     "targets": ["CXRTargetd", "check_targets", "positive_weights", "target_vector"],
     "transforms": ["LoadCXR", "LoadCXRd", "NormalizeCXR", "NormalizeCXRd", "ResizeCXR", "ResizeCXRd"],

@@ -4,12 +4,14 @@
 """
 
 from .metrics import MacroAUC, probabilities
-from .report import PredictionReport, output_names
+from .report import PredictionReport, output_names, read_predictions
+from .shift import shift_report
 from .stats import (
     auc,
     bootstrap_auc_ci,
     delong_ci,
     delong_test,
+    independent_bootstrap_auc_diff,
     multilabel_auc,
     paired_bootstrap_auc_diff,
     seed_averaged_bootstrap,
@@ -21,10 +23,13 @@ __all__ = [
     "probabilities",
     "PredictionReport",
     "output_names",
+    "read_predictions",
+    "shift_report",
     "auc",
     "multilabel_auc",
     "bootstrap_auc_ci",
     "paired_bootstrap_auc_diff",
+    "independent_bootstrap_auc_diff",
     "delong_ci",
     "delong_test",
     "seed_averaged_bootstrap",

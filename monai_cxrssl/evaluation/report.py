@@ -17,7 +17,7 @@ from monai_cxrssl.evaluation.metrics import probabilities
 from monai_cxrssl.evaluation.stats import bootstrap_auc_ci, sensitivity_specificity
 from monai_cxrssl.utils import atomic_write
 
-__all__ = ["PredictionReport", "output_names"]
+__all__ = ["PredictionReport", "output_names", "read_predictions"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,40 @@ def output_names(task: str, classes: Sequence[str] | None, num_outputs: int) -> 
     if task == "binary":
         return [classes[-1] if classes else "positive"]
     return classes if len(classes) == num_outputs else [str(i) for i in range(num_outputs)]
+
+
+def read_predictions(path: str | Path) -> dict:
+    """Read a labelled ``predictions.csv`` as :class:`PredictionReport` writes it.
+
+    Returns:
+        ``{"images", "patients", "outputs", "probs" (N, K), "targets" (N, K, NaN = unknown)}``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: no rows, columns other than ``image, patient_id, prob_<output>..., target_<output>...``
+            (e.g. predictions on an unlabelled list), or an unreadable value; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' does not exist")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise ValueError(f"'{path}' holds no predictions")
+    header = rows[0]
+    probs = [c[len("prob_"):] for c in header if c.startswith("prob_")]
+    targets = [c[len("target_"):] for c in header if c.startswith("target_")]
+    if not probs or targets != probs or header[:2] != ["image", "patient_id"]:
+        raise ValueError(f"'{path}': expected columns image, patient_id, prob_<output>..., target_<output>... "
+                         f"(evaluation on a labelled test list), found {header}")
+    k = len(probs)
+    body = rows[1:]
+    try:
+        p = np.array([[float(v) for v in r[2:2 + k]] for r in body], dtype=np.float64)
+        y = np.array([[float(v) if v != "" else np.nan for v in r[2 + k:2 + 2 * k]] for r in body], dtype=np.float64)
+    except (ValueError, IndexError) as e:
+        raise ValueError(f"'{path}': unreadable row ({e})") from None
+    return {"images": [r[0] for r in body], "patients": [r[1] for r in body], "outputs": probs, "probs": p, "targets": y}
 
 
 class PredictionReport:

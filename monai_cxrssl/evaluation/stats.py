@@ -57,6 +57,7 @@ __all__ = [
     "multilabel_auc",
     "bootstrap_auc_ci",
     "paired_bootstrap_auc_diff",
+    "independent_bootstrap_auc_diff",
     "seed_averaged_bootstrap",
     "delong_ci",
     "delong_test",
@@ -564,24 +565,94 @@ def paired_bootstrap_auc_diff(
     samples, n_units, kind = _bootstrap_curves(problem, ["score_a", "score_b"], groups, n_resamples, seed)
     ca, cb = samples["score_a"], samples["score_b"]
     common = {"n_resamples": n_resamples, "confidence": confidence, "resampling": kind, "n_units": n_units}
-    if not problem.multi:
+    return _diff_result("paired_bootstrap_auc_diff", pa, pb, ca, cb, problem.multi, problem.included, problem.names,
+                        confidence, n_resamples, common)
+
+
+def _diff_result(caller: str, pa: Sequence, pb: Sequence, ca: np.ndarray, cb: np.ndarray, multi: bool,
+                 compared: Sequence[int], names: Sequence[str], confidence: float, n_resamples: int,
+                 common: dict[str, Any]) -> dict[str, Any]:
+    """``AUC(a) - AUC(b)`` from point AUCs ``pa``/``pb`` and resampled AUCs ``ca``/``cb`` (``(K, B)``):
+    binary, or the macro mean over the ``compared`` findings plus per-finding differences."""
+    if not multi:
         out = _diff_summary(pa[0], pb[0], ca[0] - cb[0], confidence)
-        _warn_invalid("paired_bootstrap_auc_diff", out["n_valid_resamples"], n_resamples)
+        _warn_invalid(caller, out["n_valid_resamples"], n_resamples)
         return {**out, **common}
-    inc = problem.included
-    macro_a = float(np.mean([pa[j] for j in inc]))
-    macro_b = float(np.mean([pb[j] for j in inc]))
-    out = _diff_summary(macro_a, macro_b, _macro(ca, inc) - _macro(cb, inc), confidence)
-    _warn_invalid("paired_bootstrap_auc_diff (macro)", out["n_valid_resamples"], n_resamples)
+    macro_a = float(np.mean([pa[j] for j in compared]))
+    macro_b = float(np.mean([pb[j] for j in compared]))
+    out = _diff_summary(macro_a, macro_b, _macro(ca, compared) - _macro(cb, compared), confidence)
+    _warn_invalid(f"{caller} (macro)", out["n_valid_resamples"], n_resamples)
     per: dict[str, Any] = {}
-    for j, name in enumerate(problem.names):
-        if problem.valid[j]:
+    for j, name in enumerate(names):
+        if j in compared:
             per[name] = _diff_summary(pa[j], pb[j], ca[j] - cb[j], confidence)
         else:
-            per[name] = {
-                key: None for key in ("diff", "ci_low", "ci_high", "p_value", "auc_a", "auc_b", "std")
-            } | {"n_valid_resamples": 0}
-    return {**out, **common, "per_finding": per, "excluded": list(problem.excluded)}
+            per[name] = {key: None for key in ("diff", "ci_low", "ci_high", "p_value", "auc_a", "auc_b", "std")} | {
+                "n_valid_resamples": 0}
+    excluded = [name for j, name in enumerate(names) if j not in compared]
+    return {**out, **common, "per_finding": per, "excluded": excluded}
+
+
+def independent_bootstrap_auc_diff(
+    y_a,
+    score_a,
+    y_b,
+    score_b,
+    *,
+    groups_a=None,
+    groups_b=None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int | None = 0,
+    mask_a=None,
+    mask_b=None,
+    names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Bootstrap of ``AUC(a) - AUC(b)`` where a and b are two *different* test sets (e.g. the test set
+    of the training distribution and one from another hospital): the distribution-shift AUC drop.
+
+    Each test set is resampled on its own (rows, or whole groups such as patients; see
+    :func:`bootstrap_auc_ci`), from two independent streams spawned from ``seed``; resample ``b``'s
+    difference is ``AUC*_a,b - AUC*_b,b``. The interval and the two-sided p-value are those of
+    :func:`paired_bootstrap_auc_diff` applied to these differences. Multi-label: the macro means run
+    over the findings that have both classes in *both* test sets (the others are listed under
+    ``"excluded"``), plus per-finding differences.
+
+    Args:
+        y_a, score_a: labels and scores of test set a, ``(N_a,)`` or ``(N_a, K)``.
+        y_b, score_b: the same for test set b (same ``K``, same finding order).
+        groups_a, groups_b: optional group ids (patients) of each test set.
+        n_resamples, confidence, seed: as :func:`bootstrap_auc_ci`.
+        mask_a, mask_b: optional masks of used entries (unknown labels), as :func:`bootstrap_auc_ci`.
+        names: multi-label only: the ``K`` finding names.
+
+    Returns:
+        the keys of :func:`paired_bootstrap_auc_diff` (``"diff"`` = ``auc_a - auc_b``), with
+        ``"resampling"`` and ``"n_units"`` as pairs ``[a, b]``.
+
+    Raises:
+        ValueError: as :func:`bootstrap_auc_ci`; different numbers of outputs; no finding with both
+            classes in both sets.
+    """
+    confidence = _check_confidence(confidence)
+    n_resamples = _check_n_resamples(n_resamples)
+    pa_problem = _Problem(y_a, {"s": score_a}, mask=mask_a, names=names)
+    pb_problem = _Problem(y_b, {"s": score_b}, mask=mask_b, names=names)
+    if pa_problem.k != pb_problem.k or pa_problem.multi != pb_problem.multi:
+        raise ValueError(f"the two test sets have different outputs: {pa_problem.k} vs {pb_problem.k}")
+    both = [j for j in range(pa_problem.k) if pa_problem.valid[j] and pb_problem.valid[j]]
+    if not both:
+        raise ValueError("no output has both classes in both test sets")
+    pa = [e.point() if e is not None else None for e in pa_problem.rank_aucs("s")]
+    pb = [e.point() if e is not None else None for e in pb_problem.rank_aucs("s")]
+    seed_a, seed_b = np.random.SeedSequence(seed).spawn(2)
+    ca, n_a, kind_a = _bootstrap_curves(pa_problem, ["s"], groups_a, n_resamples, seed_a)
+    cb, n_b, kind_b = _bootstrap_curves(pb_problem, ["s"], groups_b, n_resamples, seed_b)
+    ca, cb = ca["s"], cb["s"]
+    common = {"n_resamples": n_resamples, "confidence": confidence, "resampling": [kind_a, kind_b],
+              "n_units": [n_a, n_b]}
+    return _diff_result("independent_bootstrap_auc_diff", pa, pb, ca, cb, pa_problem.multi, both, pa_problem.names,
+                        confidence, n_resamples, common)
 
 
 def seed_averaged_bootstrap(

@@ -75,6 +75,15 @@ one-vs-rest) that have both classes in the test set, as in
   :func:`~monai_cxrssl.evaluation.stats.paired_bootstrap_auc_diff` (smallest possible value
   ``2 / (B + 1)``). Without a ``random`` init the comparisons are skipped, with a note.
 
+- ``verdict``: ``better`` when that interval lies above 0, ``WORSE: negative transfer`` when it lies
+  below 0 (also listed in the notes and printed in bold in the table: an initialisation that hurts is
+  reported, never hidden), else ``no clear difference``.
+
+**Transfer studies.** The labelled data (``--dataset_dir``/``--datalist``) can be a target dataset
+other than the pretraining data, and the inits any mix of pretraining stages: e.g. ``random``,
+``source=`` (SSL on the source), ``two_stage=`` (source SSL continued on the target's unlabelled
+training images with the pretraining bundle's ``--init_weights``) and ``target=`` (SSL on the target only).
+
 All of it is :func:`monai_cxrssl.evaluation.stats.seed_averaged_bootstrap`, applied by
 :func:`study_statistics`. p-values are not corrected for the number of comparisons.
 
@@ -95,7 +104,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import gc
 import json
 import logging
@@ -412,26 +420,14 @@ def _bundle(config_files: Sequence[Path], workflow_type: str, overrides: dict) -
 
 
 def _read_predictions(path: Path) -> dict:
-    if not path.is_file():
-        raise StudyError(f"'{path}' does not exist: the run did not finish its evaluation")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    if len(rows) < 2:
-        raise StudyError(f"'{path}' holds no predictions")
-    header = rows[0]
-    probs = [c[len("prob_"):] for c in header if c.startswith("prob_")]
-    targets = [c[len("target_"):] for c in header if c.startswith("target_")]
-    if not probs or targets != probs or header[:2] != ["image", "patient_id"]:
-        raise StudyError(f"'{path}': expected columns image, patient_id, prob_<output>..., target_<output>... "
-                         f"(evaluation on a labelled test list), found {header}")
-    k = len(probs)
-    body = rows[1:]
+    from monai_cxrssl.evaluation.report import read_predictions
+
     try:
-        p = np.array([[float(v) for v in r[2:2 + k]] for r in body], dtype=np.float64)
-        y = np.array([[float(v) if v != "" else np.nan for v in r[2 + k:2 + 2 * k]] for r in body], dtype=np.float64)
-    except (ValueError, IndexError) as e:
-        raise StudyError(f"'{path}': unreadable row ({e})") from None
-    return {"images": [r[0] for r in body], "patients": [r[1] for r in body], "outputs": probs, "probs": p, "targets": y}
+        return read_predictions(path)
+    except FileNotFoundError:
+        raise StudyError(f"'{path}' does not exist: the run did not finish its evaluation") from None
+    except ValueError as e:
+        raise StudyError(str(e)) from None
 
 
 def study_statistics(predictions: Mapping[RunSpec | tuple, str | os.PathLike], *, n_resamples: int = 1000,
@@ -526,6 +522,13 @@ def study_statistics(predictions: Mapping[RunSpec | tuple, str | os.PathLike], *
         })
     rows.sort(key=lambda r: (MODES.index(r["mode"]) if r["mode"] in MODES else len(MODES), inits.index(r["init"]),
                              r["fraction"]))
+    for r in rows:
+        r["verdict"] = transfer_verdict(r["vs_reference"])
+        if r["verdict"] == WORSE:
+            v = r["vs_reference"]
+            notes.append(f"NEGATIVE TRANSFER: {r['init']} ({r['mode']}, fraction {r['fraction']:g}) is worse than "
+                         f"{reference} initialisation: AUC difference {v['diff']:+.3f} "
+                         f"[{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]")
     per_run = []
     for c in res["configurations"]:
         for s, a in zip(c["seeds"], c["per_seed_auc"]):
@@ -543,6 +546,23 @@ def study_statistics(predictions: Mapping[RunSpec | tuple, str | os.PathLike], *
             "notes": notes}
 
 
+#: verdicts of an init against the reference (random), from the paired difference's interval
+BETTER, WORSE, UNCLEAR = "better", "WORSE: negative transfer", "no clear difference"
+
+
+def transfer_verdict(comparison: Mapping | None) -> str | None:
+    """``better`` when the paired difference's interval lies above 0, ``WORSE: negative transfer`` when it
+    lies below 0, else ``no clear difference`` (the point estimate's sign is then not a finding);
+    ``None`` without a comparison."""
+    if comparison is None or comparison.get("ci_low") is None or comparison.get("ci_high") is None:
+        return None
+    if comparison["ci_low"] > 0:
+        return BETTER
+    if comparison["ci_high"] < 0:
+        return WORSE
+    return UNCLEAR
+
+
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -558,8 +578,8 @@ def format_table(stats: Mapping) -> str:
     ref = stats.get("reference", RANDOM)
     boot = stats["bootstrap"]
     pct = round(100 * boot["confidence"])
-    lines = [f"| init | mode | fraction | n seeds | AUC mean ± SD | {pct}% CI | Δ vs {ref} [{pct}% CI] | p |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| init | mode | fraction | n seeds | AUC mean ± SD | {pct}% CI | Δ vs {ref} [{pct}% CI] | p | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in stats["rows"]:
         sd = "" if r["auc_sd"] is None else f" ± {_fmt(r['auc_sd'])}"
         ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
@@ -569,8 +589,9 @@ def format_table(stats: Mapping) -> str:
         else:
             delta = f"{v['diff']:+.3f} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]"
             p = _fmt_p(v["p_value"])
+        verdict = r.get("verdict", transfer_verdict(v)) or "—"
         lines.append(f"| {r['init']} | {r['mode']} | {r['fraction']:g} | {r['n_seeds']} | {_fmt(r['auc_mean'])}{sd} "
-                     f"| {ci} | {delta} | {p} |")
+                     f"| {ci} | {delta} | {p} | {'**' + verdict + '**' if verdict == WORSE else verdict} |")
     ts = stats["test_set"]
     unit = (f"{ts['n_patients']} patients" if boot["resampling"] == "patient" else f"{ts['n_images']} images")
     legend = [
@@ -581,7 +602,8 @@ def format_table(stats: Mapping) -> str:
         f"{boot['n_resamples']} {boot['resampling']}-level resamples of the test set ({unit}), shared by all runs.",
         f"Δ: seed-averaged paired AUC difference vs the {ref} init (same mode, fraction and seed, hence the same "
         "labelled images), percentile CI and two-sided bootstrap p-value on the same resamples (not corrected for "
-        "multiple comparisons).",
+        "multiple comparisons). Verdict: better / WORSE (negative transfer) when that interval lies entirely above / "
+        "below 0, else no clear difference.",
     ]
     legend += [f"Note: {n}" for n in stats.get("notes", [])]
     return "\n".join(lines + legend) + "\n"
