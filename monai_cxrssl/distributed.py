@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -68,7 +69,17 @@ def init_process_group(backend: str | None = None) -> bool:
 
 
 def destroy_process_group() -> None:
+    """Leave the process group once every process is here and no collective is left to free.
+
+    The barrier makes every rank finish its collectives; the short sleep releases the GIL so that the
+    Gloo worker threads can free those finished operations (that needs the GIL: their tensors are Python
+    objects). Otherwise the group's destructor, run later with the GIL held when the last reference (e.g.
+    a DDP reducer) goes, can wait forever for a worker that waits for the GIL (seen with torch 2.13).
+    """
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+            time.sleep(0.2)
         dist.destroy_process_group()
 
 
