@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
-from monai_cxrssl.data.datalist import check_datalist
+from monai_cxrssl.data.datalist import check_datalist, split_keys
 from monai_cxrssl.data.dataset import resolve_datalist
 from monai_cxrssl.data.targets import TASKS
 from monai_cxrssl.exceptions import DatalistError
@@ -68,7 +68,7 @@ def shifted_test_items(model_task: str, model_classes: Sequence[str], dataset_di
         raise DatalistError("shift evaluation: set shift_dataset_dir or shift_datalist (the second test set)")
     dl, source = resolve_datalist(dataset_dir, datalist, None)
     if split == "all":
-        items = [e for k in ("training", "validation", "test") for e in (dl.get(k) or [])]
+        items = [e for k in split_keys(dl) for e in dl[k]]
     else:
         items = list(dl.get(split) or [])
     if not items:
@@ -116,5 +116,5 @@ def shifted_test_items(model_task: str, model_classes: Sequence[str], dataset_di
         if missing:
             logger.info("shifted test set '%s': model outputs %s have no counterpart there (left out)", source, missing)
     logger.info("shifted test set: %d image(s) from '%s' (%s list); label map %s", len(out), source, split,
-                {k: v for k, v in mapping.items()})
+                mapping)
     return out

@@ -290,7 +290,6 @@ def _normalise_inits(inits) -> dict[str, str | None]:
 
 def _check_inits(inits: dict[str, str | None], backbone: str) -> dict[str, dict]:
     """Load every init file into a fresh ``backbone``; return ``{name: {"path", "sha256", "method"}}``."""
-    from monai_cxrssl.checkpoints import file_sha256
     from monai_cxrssl.networks import build_backbone, init_backbone
 
     try:
@@ -308,7 +307,7 @@ def _check_inits(inits: dict[str, str | None], backbone: str) -> dict[str, dict]
             report = init_backbone(build_backbone(backbone), path)
         except Exception as e:  # CheckpointError and anything a foreign file may raise
             raise StudyError(f"init '{name}': the file '{path}' cannot initialise the backbone {backbone!r}: {e}") from None
-        checked[name] = {"path": path, "sha256": file_sha256(path), "method": report.get("method"),
+        checked[name] = {"path": path, "sha256": report["sha256"], "method": report.get("method"),
                          "format": report.get("format")}
         _say(f"init {name}: {path} loads into {backbone} ({report.get('format')}, method {report.get('method')})")
     return checked
