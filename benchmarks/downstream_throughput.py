@@ -59,6 +59,9 @@ def run_worker(spec: dict) -> dict:
     n_train = len(p.get_parsed_content("train#dataset"))
     batch = spec["batch_size"]
     per_iter = [b - a for a, b in zip(stamps[:-1], stamps[1:])]
+    if not per_iter:
+        raise SystemExit(f"only {len(stamps)} training iteration(s) to time: use more images (--data), a larger "
+                         f"--label-fraction (now {spec['label_fraction']}) or a smaller --batch-size")
     train_img_s = batch / statistics.median(per_iter)
     total_train = len(p.get_parsed_content("data").train_items) / spec["label_fraction"]
 

@@ -8,11 +8,13 @@ Sub-packages, one concept each:
 - :mod:`monai_cxrssl.losses`: contrastive and distillation losses.
 - :mod:`monai_cxrssl.methods`: one module per SSL method (views -> embeddings -> loss).
 - :mod:`monai_cxrssl.engines`: the SSL trainer on MONAI/Ignite engines and its handlers.
+- :mod:`monai_cxrssl.bundle_checks`: checks of a ``monai.bundle run`` command line (unknown
+  settings, values MONAI would rewrite) and the project's error shown last when a run fails.
 """
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("data", "distributed", "engines", "evaluation", "losses", "methods", "networks")
+_SUBPACKAGES = ("bundle_checks", "data", "distributed", "engines", "evaluation", "losses", "methods", "networks")
 
 
 def __getattr__(name: str):

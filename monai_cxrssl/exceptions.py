@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CXRSSLError", "CXRReadError", "DatalistError", "CheckpointError", "NonFiniteLossError"]
+__all__ = ["CXRSSLError", "CXRReadError", "DatalistError", "CheckpointError", "NonFiniteLossError", "OverrideError"]
 
 
 class CXRSSLError(Exception):
@@ -36,3 +36,7 @@ class CheckpointError(CXRSSLError, ValueError):
 
 class NonFiniteLossError(CXRSSLError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class OverrideError(CXRSSLError, ValueError):
+    """A command-line override names no setting of the bundle, or has a value MONAI would rewrite."""

@@ -9,6 +9,7 @@ import torch
 
 from monai_cxrssl.checkpoints import BACKBONE_EXPORT, atomic_save
 from monai_cxrssl.data import ClassificationData, CXRTargetd, check_targets, positive_weights, target_vector
+from monai_cxrssl.data.targets import infer_task
 from monai_cxrssl.evaluation.metrics import MacroAUC
 from monai_cxrssl.exceptions import CheckpointError, DatalistError
 from monai_cxrssl.losses import ClassificationLoss
@@ -157,6 +158,44 @@ def test_classification_data_bad_input(tmp_path):
                               "training": [{"image": str(img), "label": 0}] * 4}))
     with pytest.raises(DatalistError, match="labels"):
         ClassificationData(datalist=dl)
+
+
+def test_infer_task_from_labels():
+    assert infer_task([{"label": 0}, {"label": 1}, {"label": True}]) [:2] == ("binary", ["0", "1"])
+    assert infer_task([{"label": 0}, {"label": 1}], classes=["NORMAL", "PNEUMONIA"])[:2] == \
+        ("binary", ["NORMAL", "PNEUMONIA"])
+    assert infer_task([{"label": 0}, {"label": 1}], classes=["a", "b", "c"])[:2] == ("multiclass", ["a", "b", "c"])
+    assert infer_task([{"label": 0}, {"label": 3}])[:2] == ("multiclass", ["0", "1", "2", "3"])
+    assert infer_task([{"labels": [0, 1, None]}])[:2] == ("multilabel", ["finding_0", "finding_1", "finding_2"])
+    assert infer_task([{"label": [0, 1]}], classes=["Effusion", "Mass"])[:2] == ("multilabel", ["Effusion", "Mass"])
+    assert infer_task([{"image": "a"}, {"label": 1}, {"label": 0}])[0] == "binary"  # unlabelled entries don't count
+    with pytest.raises(DatalistError, match=r"entry 1: cannot infer the task from 'label' 'PNEUMONIA'"):
+        infer_task([{"label": 0}, {"label": "PNEUMONIA"}], source="dl.json")
+    with pytest.raises(DatalistError, match="-1"):
+        infer_task([{"label": -1}, {"label": 1}])
+    with pytest.raises(DatalistError, match="no entry has a 'label'"):
+        infer_task([{"image": "a"}])
+
+
+@pytest.mark.parametrize("labels, task, classes", [
+    (lambda i: i % 2, "binary", ["0", "1"]),
+    (lambda i: i % 3, "multiclass", ["0", "1", "2"]),
+    (lambda i: [i % 2, (i // 2) % 2], "multilabel", ["finding_0", "finding_1"]),
+])
+def test_a_plain_monai_datalist_trains_with_its_task_inferred(tmp_path, caplog, labels, task, classes):
+    from monai_cxrssl.data.phantoms import write_demo_dataset
+
+    demo = write_demo_dataset(tmp_path / "demo", n_train=24, n_val=0, n_test=8, size=32)
+    plain = {k: [{"image": str(tmp_path / "demo" / e["image"]), "label": labels(i), "patient_id": e["patient_id"]}
+                 for i, e in enumerate(demo[k])] for k in ("training", "test")}  # no task, no classes
+    (tmp_path / "plain.json").write_text(json.dumps(plain))
+    with caplog.at_level(logging.INFO, logger="monai_cxrssl.data.classification"):
+        data = ClassificationData(datalist=tmp_path / "plain.json")
+    assert (data.task, data.classes) == (task, classes)
+    assert data.num_outputs == (1 if task == "binary" else len(classes))
+    assert f"inferred {task} from its labels" in caplog.text
+    y = data.targets("test")
+    assert y.shape == (8, data.num_outputs) and not np.isnan(y).any()
 
 
 def test_classification_data_nih_multilabel(nih_dir):

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from monai_cxrssl.data.datalist import check_datalist
+from monai_cxrssl.data.datalist import check_datalist, split_keys
 from monai_cxrssl.data.dataset import resolve_datalist
 from monai_cxrssl.data.splits import label_fraction as draw_label_fraction
 from monai_cxrssl.data.splits import patient_split
-from monai_cxrssl.data.targets import TASKS, check_targets, positive_weights
+from monai_cxrssl.data.targets import TASKS, check_targets, infer_task, positive_weights
 from monai_cxrssl.exceptions import DatalistError
 
 __all__ = ["ClassificationData"]
@@ -30,8 +30,11 @@ class ClassificationData:
 
     Args:
         dataset_dir, datalist, demo_dir: the data source (see :func:`~monai_cxrssl.data.dataset.resolve_datalist`).
-        task: ``binary``, ``multiclass``, ``multilabel``, or ``auto`` (the datalist's ``task``).
-        classes: class or finding names; default: the datalist's ``classes``.
+        task: ``binary``, ``multiclass``, ``multilabel``, or ``auto``: the datalist's ``task``, or
+            when it states none (a plain MONAI datalist), inferred from the labels and logged
+            (:func:`~monai_cxrssl.data.targets.infer_task`).
+        classes: class or finding names; default: the datalist's ``classes``, else named after the
+            labels (``"0"``, ``"1"``, ...).
         uncertain: policy for uncertain multi-label values (``ones``, ``zeros``, ``ignore``).
         label_fraction: fraction of the training entries whose labels are used (stratified, nested
             across fractions for one seed, every class present).
@@ -51,17 +54,28 @@ class ClassificationData:
                  uncertain: str = "ignore", label_fraction: float = 1.0, seed: int = 0, val_fraction: float = 0.1,
                  check_files: bool = True):
         dl, self.source = resolve_datalist(dataset_dir, datalist, demo_dir)
+        entries = [e for k in split_keys(dl) for e in dl[k]]
         self.task = dl.get("task") if task in ("auto", "", None) else task
+        self.classes = list(classes) if classes else list(dl.get("classes") or [])
+        if self.task in ("auto", "", None):
+            self.task, self.classes, reason = infer_task(entries, self.classes, f"'{self.source}'")
+            logger.info("the datalist states no task: inferred %s from its labels (%s); classes %s",
+                        self.task, reason, self.classes)
         if self.task not in TASKS:
             raise DatalistError(f"'{self.source}': task {self.task!r} is not a classification task; expected one of "
                                 f"{TASKS} (set task explicitly, or a datalist 'task')")
-        self.classes = list(classes) if classes else list(dl.get("classes") or [])
+        if self.task != "binary" and len(self.classes) < 2:
+            _, self.classes, _ = infer_task(entries, self.classes, f"'{self.source}'")
+            logger.info("no class names given: named the %s outputs after the labels: %s", self.task, self.classes)
         if self.task == "binary":
             self.num_outputs = 1
         elif len(self.classes) >= 2:
             self.num_outputs = len(self.classes)
         else:
             raise DatalistError(f"'{self.source}': a {self.task} task needs its class names ('classes'), got {self.classes}")
+        if self.task == "multilabel":  # a list under 'label' is the multi-label vector
+            dl = {k: ([{**e, "labels": e["label"]} if "labels" not in e and "label" in e else e for e in v]
+                      if k in split_keys(dl) else v) for k, v in dl.items()}
         self.uncertain = uncertain
         self.label_key = "labels" if self.task == "multilabel" else "label"
         if not 0.0 < float(label_fraction) <= 1.0:

@@ -40,13 +40,14 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str | os.PathLike | None = None,
-                     demo_dir: str | os.PathLike | None = None) -> tuple[dict, str]:
+                     demo_dir: str | os.PathLike | None = None, demo_seed: int = 0) -> tuple[dict, str]:
     """The whole datalist of a data source, and a description of the source.
 
     Args:
         dataset_dir: a dataset folder (class folders, ``labels.csv``, DICOM files or a ``datalist.json``).
         datalist: a MONAI datalist JSON; takes precedence over ``dataset_dir``.
         demo_dir: where to write the SYNTHETIC demo set when neither source is given (logged as such).
+        demo_seed: seed of that demo set (another seed gives other synthetic patients).
     """
     if datalist:
         return load_datalist(datalist, keys=None), str(datalist)
@@ -59,7 +60,7 @@ def resolve_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str
         "They exist so the bundle runs on a fresh machine; results on them mean nothing clinically. "
         "Pass --dataset_dir or --datalist for real data.", demo_dir)
     if get_rank() == 0:
-        write_demo_dataset(demo_dir)
+        write_demo_dataset(demo_dir, seed=demo_seed)
     if get_world_size() > 1:  # the other processes read it once rank 0 has written it
         torch.distributed.barrier()
     return load_datalist(demo_datalist_path(demo_dir), keys=None), f"{demo_dir} (synthetic demo)"
@@ -83,15 +84,23 @@ def training_items(dataset_dir: str | os.PathLike | None = None, datalist: str |
     return check_datalist(dl[split], required_keys=required_keys, check_files=True, source=f"{source}:{split}")
 
 
-def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict]:
+def inference_items(source: str | os.PathLike, split: str = "test",
+                    demo_dir: str | os.PathLike | None = None) -> list[dict]:
     """Entries to predict on: every radiograph below a folder, or one list of a datalist JSON.
 
     Args:
         source: a folder (PNG/JPEG/NIfTI/DICOM files, searched recursively) or a datalist JSON.
         split: the datalist's list to use (``training``, ``validation``, ``test``), or ``all``.
+        demo_dir: without ``source``, the SYNTHETIC demo set there (written if missing; logged as
+            such) is used, so that the bundle's defaults run after a demo training run.
     """
     if not source:
-        raise DatalistError("no input given: set input to a folder of radiographs or a datalist JSON")
+        if demo_dir is None:
+            raise DatalistError("no input given: set input to a folder of radiographs or a datalist JSON")
+        resolve_datalist(None, None, demo_dir)  # writes the demo set if missing, and says it is synthetic
+        logger.warning("no input given: predicting on the SYNTHETIC demo set's '%s' list in %s (pass --input "
+                       "with a folder of radiographs or a datalist JSON for real images)", split, demo_dir)
+        source = demo_datalist_path(demo_dir)
     path = Path(source)
     if path.is_file() and path.suffix.lower() == ".json":
         dl = load_datalist(path, keys=None)

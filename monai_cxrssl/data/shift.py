@@ -47,7 +47,8 @@ def resolve_label_map(source_classes: Sequence[str], model_classes: Sequence[str
 
 def shifted_test_items(model_task: str, model_classes: Sequence[str], dataset_dir: str | os.PathLike | None = None,
                        datalist: str | os.PathLike | None = None, split: str = "test",
-                       label_map: Mapping[str, str | None] | None = None, check_files: bool = True) -> list[dict]:
+                       label_map: Mapping[str, str | None] | None = None, check_files: bool = True,
+                       demo_dir: str | os.PathLike | None = None) -> list[dict]:
     """The ``split`` entries of another dataset with labels in the trained model's class space.
 
     Args:
@@ -57,6 +58,9 @@ def shifted_test_items(model_task: str, model_classes: Sequence[str], dataset_di
         split: which list of it to use (``test`` by default; ``all`` for every list).
         label_map: ``{other class: model class or None}``; see the module docstring.
         check_files: check that every image exists.
+        demo_dir: without ``dataset_dir`` and ``datalist``, a second SYNTHETIC demo set (other
+            patients: seed 1) written there is the other dataset, so that the bundle's defaults
+            run after a demo training run; logged as synthetic.
 
     Raises:
         DatalistError: no such data or an empty list; a different kind of task; a class without a
@@ -64,9 +68,9 @@ def shifted_test_items(model_task: str, model_classes: Sequence[str], dataset_di
     """
     if model_task not in TASKS:
         raise DatalistError(f"model task {model_task!r} is not one of {TASKS}")
-    if not dataset_dir and not datalist:
+    if not dataset_dir and not datalist and demo_dir is None:
         raise DatalistError("shift evaluation: set shift_dataset_dir or shift_datalist (the second test set)")
-    dl, source = resolve_datalist(dataset_dir, datalist, None)
+    dl, source = resolve_datalist(dataset_dir, datalist, demo_dir, demo_seed=1)
     if split == "all":
         items = [e for k in split_keys(dl) for e in dl[k]]
     else:

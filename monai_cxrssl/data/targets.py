@@ -23,7 +23,8 @@ from monai.transforms import MapTransform
 
 from monai_cxrssl.exceptions import DatalistError
 
-__all__ = ["TASKS", "UNCERTAIN_POLICIES", "target_vector", "check_targets", "CXRTargetd", "positive_weights"]
+__all__ = ["TASKS", "UNCERTAIN_POLICIES", "target_vector", "check_targets", "infer_task", "CXRTargetd",
+           "positive_weights"]
 
 TASKS = ("binary", "multiclass", "multilabel")
 UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
@@ -72,6 +73,68 @@ def target_vector(entry: Mapping, task: str, num_outputs: int, uncertain: str = 
             raise DatalistError(f"multilabel value {v!r} (finding {i}) must be 0, 1, -1 (uncertain) or null "
                                 f"in {dict(entry)}")
     return out
+
+
+def _is_index(value) -> bool:
+    return isinstance(value, (bool, int, np.integer)) or (isinstance(value, float) and value.is_integer())
+
+
+def _is_vector(value) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str)
+
+
+def infer_task(entries: Sequence[Mapping], classes: Sequence[str] | None = None,
+               source: str = "datalist") -> tuple[str, list[str], str]:
+    """The task and class names of a datalist that does not state its ``task``, from its labels.
+
+    - a ``labels`` vector, or a list under ``label``: ``multilabel``, one output per value;
+    - ``label`` integers 0/1 only: ``binary`` (unless more than two ``classes`` are named);
+    - ``label`` integers with a larger class index: ``multiclass`` with ``max + 1`` classes.
+
+    Class names come from ``classes`` when given; otherwise from the labels: ``"0"``, ``"1"``, ...
+    for class indices and ``"finding_0"``, ... for the values of a multi-label vector.
+
+    Args:
+        entries: every entry of the datalist (all splits: the test set may hold a class that a
+            small training set lacks).
+        classes: the datalist's class names, if any.
+        source: named in errors.
+
+    Returns:
+        ``(task, classes, reason)``; ``reason`` says in words what the task was inferred from.
+
+    Raises:
+        DatalistError: no entry has a label, or a label that fits no task (a class name, a
+            negative index), naming the entry.
+    """
+    classes = list(classes or [])
+    labelled = [(i, e) for i, e in enumerate(entries) if e.get("labels") is not None or e.get("label") is not None]
+    if not labelled:
+        raise DatalistError(f"{source}: no entry has a 'label' or 'labels', so the task cannot be inferred; "
+                            f"label the entries (or pass a datalist with 'task' and 'classes')")
+    vectors = [(i, e.get("labels", e.get("label"))) for i, e in labelled
+               if e.get("labels") is not None or _is_vector(e.get("label"))]
+    if vectors:
+        i, first = vectors[0]
+        if not _is_vector(first):
+            raise DatalistError(f"{source}: entry {i}: 'labels' must be a list of 0/1 values per finding, got {first!r}")
+        k = len(first)
+        names = classes if len(classes) == k else [f"finding_{j}" for j in range(k)]
+        return "multilabel", names, f"a vector of {k} values per image in {len(vectors)} entries"
+    for i, e in labelled:
+        v = e["label"]
+        if not _is_index(v) or int(v) < 0:
+            raise DatalistError(
+                f"{source}: entry {i}: cannot infer the task from 'label' {v!r}; expected 0/1 (binary), a class "
+                f"index 0, 1, 2, ... (multiclass) or a list of 0/1 values per finding (multilabel); "
+                f"or set the task and give class indices with the datalist's 'classes'")
+    top = max(int(e["label"]) for _, e in labelled)
+    if top <= 1 and len(classes) <= 2:
+        names = classes if len(classes) == 2 else ["0", "1"]
+        return "binary", names, f"'label' is 0 or 1 in all {len(labelled)} labelled entries"
+    n = max(top + 1, len(classes))
+    names = classes if len(classes) == n else [str(j) for j in range(n)]
+    return "multiclass", names, f"'label' is a class index up to {top} in {len(labelled)} labelled entries"
 
 
 def check_targets(items: Sequence[Mapping], task: str, num_outputs: int, uncertain: str = "ignore",

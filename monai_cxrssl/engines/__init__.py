@@ -2,7 +2,7 @@
 
 from .classification import BestModelHandler, ClassificationBatch, export_torchscript, load_trained_classifier
 from .checkpoint import ClassifierCheckpoint, SSLCheckpoint, TrainingCheckpoint
-from .progress import ProgressHandler
+from .progress import ProgressHandler, scalar_outputs
 from .precision import FastInferer, autocast, cpu_supports_bf16, grad_scaler, resolve_precision, to_channels_last
 from .schedules import warmup_cosine
-from .trainer import SSLTrainer, scalar_outputs
+from .trainer import SSLTrainer

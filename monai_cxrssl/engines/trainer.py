@@ -39,12 +39,7 @@ from monai_cxrssl.exceptions import NonFiniteLossError
 from monai_cxrssl.methods.base import SSLMethod
 from monai_cxrssl.utils import as_bool
 
-__all__ = ["SSLTrainer", "scalar_outputs"]
-
-
-def scalar_outputs(output: dict) -> dict[str, float]:
-    """The trainer's iteration output as plain floats (for StatsHandler / TensorBoardStatsHandler)."""
-    return {k: float(v) for k, v in output.items()}
+__all__ = ["SSLTrainer"]
 
 
 class SSLTrainer(Trainer):
