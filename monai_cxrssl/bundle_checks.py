@@ -41,7 +41,11 @@ def _split(id_: str) -> list[str]:
     return [p for p in str(id_).replace("#", "::").split("::")]
 
 
-def _lookup(config: Any, parts: Sequence[str]) -> bool:
+_MISSING = object()
+
+
+def _node(config: Any, parts: Sequence[str]) -> Any:
+    """The value at ``parts`` (dictionary keys, list indices) in ``config``, or ``_MISSING``."""
     node = config
     for part in parts:
         if isinstance(node, Mapping) and part in node:
@@ -49,8 +53,8 @@ def _lookup(config: Any, parts: Sequence[str]) -> bool:
         elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
             node = node[int(part)]
         else:
-            return False
-    return True
+            return _MISSING
+    return node
 
 
 def _component(path: str):
@@ -71,14 +75,7 @@ def _component(path: str):
 
 def _takes_argument(config: Any, parts: Sequence[str]) -> bool:
     """Whether ``parts`` names a new argument of a component (its parent has a ``_target_`` accepting it)."""
-    parent = config
-    for part in parts[:-1]:
-        if isinstance(parent, Mapping) and part in parent:
-            parent = parent[part]
-        elif isinstance(parent, list) and part.lstrip("-").isdigit() and -len(parent) <= int(part) < len(parent):
-            parent = parent[int(part)]
-        else:
-            return False
+    parent = _node(config, parts[:-1])
     if not (isinstance(parent, Mapping) and isinstance(parent.get("_target_"), str)):
         return False
     target = parent["_target_"]
@@ -134,7 +131,7 @@ def check_overrides(config: Mapping, overrides: Mapping[str, Any], source: str =
     """
     for id_, value in overrides.items():
         parts = _split(id_)
-        if parts[0] != "_meta_" and not _lookup(config, parts) and not _takes_argument(config, parts):
+        if parts[0] != "_meta_" and _node(config, parts) is _MISSING and not _takes_argument(config, parts):
             depth = len(parts)
             candidates = [c for c in known_ids(config) if len(_split(c)) == depth and not c.startswith("_meta_")]
             close = difflib.get_close_matches(str(id_).replace("::", "#"), candidates, n=1, cutoff=0.6)

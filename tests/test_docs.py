@@ -44,11 +44,10 @@ from pathlib import Path
 
 import pytest
 
-from monai_cxrssl.paths import REPO_ROOT, shared_data_dir
+from monai_cxrssl.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DOCS = ["README.md", *sorted(str(p.relative_to(REPO_ROOT)) for p in REPO_ROOT.glob("bundles/*/docs/README.md"))]
 SSL_BUNDLES = sorted(p.parent.parent.name for p in REPO_ROOT.glob("bundles/*_cxr/configs/train.json"))
 #: lines that set up the environment: run by ``.ci/run`` itself, which must contain each of them
@@ -356,20 +355,10 @@ def default_jobs(bundle: str) -> list[tuple[str, list[str]]]:
 BUNDLES = sorted(p.name for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
 
 
-def _shared() -> Path:
-    shared = shared_data_dir()
-    if not (shared / "kermany_pneumonia_224").is_dir():
-        msg = f"real data not found at {shared} (set CXRSSL_SHARED_DATA)"
-        if IN_CI:
-            pytest.fail(msg + "; under CI=true this is a failure, not a skip")
-        pytest.skip(msg)
-    return shared
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, dict[str, Result]]:
-    """Every command group, run two at a time; ``{group: {key: Result}}``."""
-    shared = _shared()
+def runs(tmp_path_factory, kermany_dir, nih_dir, dicom_dir) -> dict[str, dict[str, Result]]:
+    """Every command group, run two at a time; ``{group: {key: Result}}`` (real data: skip or, in CI, fail)."""
+    shared = kermany_dir.parent
     base = tmp_path_factory.mktemp("docs")
     stand_ins = make_stand_ins(base / "stand_ins", shared)
     groups: dict[str, list[tuple[str, list[str]]]] = {}
