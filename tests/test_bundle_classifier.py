@@ -38,11 +38,13 @@ def pretrained(tmp_path_factory):
 @pytest.mark.slow
 def test_pretrain_probe_evaluate_infer(tmp_path, pretrained):
     out = tmp_path / "probe"
-    bundle(TRAIN, out, "--mode", "linear", "--init_weights", pretrained, "--label_fraction", "0.5",
-           "--epochs", "2", "--learning_rate", "0.01", *SMALL)
+    bundle(TRAIN, out, "--mode", "linear", "--init_weights", pretrained, "--label_fraction", "0.5", *SMALL)
     info = json.loads((out / "models" / "model_info.json").read_text())
     assert info["mode"] == "linear" and info["init"]["source"] == str(pretrained) and info["init"]["method"] == "simclr"
-    assert info["label_fraction"] == 0.5 and info["best_epoch"] in (1, 2)
+    # the default probe: logistic regression on every label of the budget, C by cross-validation
+    assert info["label_fraction"] == 0.5 and info["linear_solver"] == "lbfgs" and info["best_epoch"] is None
+    assert info["probe"]["n_labelled"] == info["n_labels"] == info["n_train"] + info["n_val"]
+    assert info["probe"]["fits"][0]["C"] > 0 and 0 <= info["best_metric"]["cv_auc"] <= 1
     # where the initialisation came from, back to random: the SimCLR export, which itself started from random
     assert [link["source"] for link in info["init_chain"]] == [str(pretrained), "random"]
     assert info["init_chain"][0]["method"] == "simclr" and len(info["init_chain"][0]["sha256"]) == 64
@@ -108,7 +110,10 @@ def test_binary_linear_probe_on_real_kermany_then_shifted_to_nih(tmp_path, kerma
                             split_col="split")
     nih_path = write_datalist(nih, tmp_path / "nih_binary.json")
     out = tmp_path / "k"
-    bundle(TRAIN, out, "--datalist", path, "--mode", "linear", "--epochs", "3", "--learning_rate", "0.01", *SMALL)
+    bundle(TRAIN, out, "--datalist", path, "--mode", "linear", "--linear_solver", "adamw", "--epochs", "3",
+           "--learning_rate", "0.01", *SMALL)
+    info = json.loads((out / "models" / "model_info.json").read_text())
+    assert info["linear_solver"] == "adamw" and info["best_epoch"] in (1, 2, 3) and "val_auc" in info["best_metric"]
     # own test set, then the NIH adult test set without retraining, then the AUC drop
     bundle(f"['{TRAIN}','{EVALUATE}','{SHIFT}']", out, "--datalist", path, "--mode", "linear", "--n_resamples", "50",
            "--shift_datalist", nih_path, "--label_map", "{'0_normal': 'NORMAL', '1_abnormal': 'PNEUMONIA'}", *SMALL)

@@ -90,13 +90,3 @@ def test_bad_input_fails_before_training_naming_the_problem(tmp_path):
     proc = run_bundle(tmp_path / "o3", "--init_weights", other, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "resnet18_backbone.pt" in log and "Engine run" not in log
-
-
-@pytest.mark.slow
-def test_default_settings_one_epoch(tmp_path):
-    # the README's main command with its defaults (ResNet-18, 224 px, precision auto), shortened to one epoch
-    out = tmp_path / "out"
-    run_bundle(out, "--epochs", "1", small=False)
-    ckpt = read_checkpoint(out / "checkpoint.pt")
-    assert ckpt["backbone"]["name"] == "resnet18" and ckpt["metadata"]["image_size"] == 224
-    load_backbone_weights(build_backbone("resnet18"), out / "models" / "backbone.pt")

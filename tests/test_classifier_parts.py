@@ -140,7 +140,9 @@ def test_classification_data_on_demo(tmp_path, caplog):
         data = ClassificationData(demo_dir=tmp_path / "demo", label_fraction=0.5, seed=1)
     assert data.task == "binary" and data.num_outputs == 1 and data.classes == ["normal", "opacity"]
     full = ClassificationData(demo_dir=tmp_path / "demo")
-    assert {e["image"] for e in data.train_items} < {e["image"] for e in full.train_items}
+    used = {e["image"] for e in data.train_items + data.val_items}  # validation drawn from the budget
+    assert used < {e["image"] for e in full.train_items + full.val_items}
+    assert data.n_labels == len(used) <= round(0.5 * full.n_labels) + 2
     assert data.targets("train").shape == (len(data.train_items), 1)
 
 

@@ -393,12 +393,23 @@ def _fail(result: Result, what: str) -> str:
     return f"{what}\n$ {cmd}\nexit {result.returncode} after {result.seconds:.0f} s\n{result.output[-4000:]}"
 
 
+def _setting(argv: list[str], name: str) -> str | None:
+    """The last value of ``--name`` in ``argv`` (the one that wins), or ``None``."""
+    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == f"--{name}"]
+    return values[-1] if values else None
+
+
 def _check(result: Result, argv_as_written: list[str]) -> None:
     assert result.returncode == 0, _fail(result, "the command failed")
     configs = _configs(argv_as_written)
     training = [c for c in configs if c.endswith(("train.json", "multi_gpu_train.json"))] and not any(
         c.endswith(("evaluate.json", "evaluate_shift.json")) for c in configs)
-    if "monai.bundle" in argv_as_written and training:
+    probe = _setting(argv_as_written, "mode") == "linear" and _setting(argv_as_written, "linear_solver") != "adamw"
+    if "monai.bundle" in argv_as_written and training and probe:  # the logistic probe: features, then seconds
+        assert re.search(r"backbone features of \d+ images:\s+\d+%\|", result.output), \
+            _fail(result, "a linear probe shows the progress of its feature pass (on by default)")
+        assert "logistic probe on" in result.output, _fail(result, "a linear probe reports its fit")
+    elif "monai.bundle" in argv_as_written and training:
         assert re.search(r"\[\d+/\d+\]\s+\d+%\|", result.output), \
             _fail(result, "a training run shows its progress bar (on by default)")
         assert "saved checkpoint at epoch" in result.output, _fail(result, "a training run writes its checkpoint")
@@ -466,3 +477,14 @@ def test_bundle_config_runs_with_its_defaults(bundle_config: str, runs):
     result = runs[f"defaults:{bundle}"][key]
     _check(result, result.argv)
     assert "SYNTHETIC" in result.output, _fail(result, "the defaults use the synthetic demo data and say so")
+    if bundle in SSL_BUNDLES and key == "train":  # what a user gets: the backbone and image size of train.json
+        from monai_cxrssl.checkpoints import load_backbone_weights, read_checkpoint
+        from monai_cxrssl.networks import build_backbone
+
+        config = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "train.json").read_text())
+        outputs = result.cwd / "bundles" / bundle / "outputs"
+        ckpt = read_checkpoint(outputs / "checkpoint.pt")
+        assert ckpt["backbone"]["name"] == config["backbone"], _fail(result, "the default backbone")
+        assert ckpt["metadata"]["image_size"] == config["image_size"], _fail(result, "the default image size")
+        spec = {k: v for k, v in ckpt["backbone"].items() if k != "out_dim"}
+        load_backbone_weights(build_backbone(spec.pop("name"), **spec), outputs / "models" / "backbone.pt")

@@ -253,6 +253,10 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path, capsys):
         assert r["wall_time_s"] > 0 and 0 <= r["test_auc"] <= 1
         assert r["test_auc"] == pytest.approx(r["bundle_test_auc"], abs=1e-9)  # study recomputes the bundle's AUC
         assert r["settings"]["epochs"] == 1 and r["settings"]["backbone"] == "resnet10"
+        # the label budget: training + validation, drawn from the fraction of the 112 labelled demo entries
+        assert r["settings"]["linear_solver"] == "lbfgs" and r["selection"].startswith("logistic regression")
+        assert r["n_labels"] == r["n_train"] + r["n_val"] and r["n_val"] >= 2
+        assert r["n_labels"] <= round(r["label_fraction"] * 112) + 2 and 0 < r["n_patients"] <= r["n_labels"]
     table = results["table"]
     assert [(r["init"], r["fraction"], r["n_seeds"]) for r in table] == [
         ("random", 0.5, 2), ("random", 1.0, 2), ("simclr", 0.5, 2), ("simclr", 1.0, 2)]
@@ -260,9 +264,13 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path, capsys):
         runs = [x["test_auc"] for x in results["runs"] if x["init"] == r["init"] and x["label_fraction"] == r["fraction"]]
         assert r["auc_mean"] == pytest.approx(np.mean(runs))
         assert (r["vs_reference"] is None) == (r["init"] == "random")
+        assert r["n_labels"] == [x["n_labels"] for x in results["runs"]
+                                 if x["init"] == r["init"] and x["label_fraction"] == r["fraction"]]
     md = (out / "table.md").read_text()
     assert md.count("| simclr | linear |") == 2 and md.count("| random | linear |") == 2 and "SYNTHETIC" in md
-    assert "| simclr | linear | 0.5 | 2 |" in proc.stdout  # the table is printed
+    half = next(r for r in table if r["fraction"] == 0.5)
+    used = f"{min(half['n_labels'])}" + (f"-{max(half['n_labels'])}" if len(set(half["n_labels"])) > 1 else "")
+    assert f"| simclr | linear | 0.5 | {used} (" in proc.stdout and "| labels (patients) |" in md  # printed, with labels
     assert (out / "auc_vs_fraction.png").read_bytes()[:4] == b"\x89PNG"
 
     # the same command again: every run skipped, nothing retrained

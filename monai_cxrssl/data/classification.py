@@ -36,15 +36,26 @@ class ClassificationData:
         classes: class or finding names; default: the datalist's ``classes``, else named after the
             labels (``"0"``, ``"1"``, ...).
         uncertain: policy for uncertain multi-label values (``ones``, ``zeros``, ``ignore``).
-        label_fraction: fraction of the training entries whose labels are used (stratified, nested
-            across fractions for one seed, every class present).
+        label_fraction: the share of the datalist's labelled entries (training and validation lists
+            together) that the run uses, ALL its labels included: a stratified draw, nested across
+            fractions for one seed, every class present. Below 1 the validation set is drawn from these
+            labelled entries (see ``val_fraction``), so that model selection uses no label outside the
+            budget. At 1 a datalist's own validation list is kept as it is.
         seed: seed of the label-fraction draw (and of the validation carve-out).
-        val_fraction: when the datalist has no ``validation`` list, this fraction of the training
-            patients is set aside for validation (patient-level, stratified, before the label fraction).
+        val_fraction: the share of the labelled entries set aside for validation (by patient, stratified),
+            whenever the datalist's validation list is not used as it is (a label fraction below 1, or no
+            validation list). The validation set then holds at least one positive and one negative example
+            of every output (binary, multi-label) or an example of every class (multi-class), patients being
+            moved from training to validation when the stratified split leaves one out; a multi-label
+            finding for which that is impossible is left out of the validation AUC (logged), and when no
+            output can be validated the error says so. ``0``: no validation, a fixed schedule, and the
+            model of the last epoch is the one saved.
         check_files: check that every image file exists.
 
     Attributes:
         train_items, val_items, test_items: checked entries.
+        n_labels: the labels the run uses: training + validation entries (its label budget).
+        n_patients: the patients these labels come from (an entry without a patient id counts as one).
         task, classes, num_outputs: the target definition.
         pos_weight: negatives/positives per output over the drawn training labels (BCE class weighting).
     """
@@ -81,29 +92,103 @@ class ClassificationData:
         if not 0.0 < float(label_fraction) <= 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
 
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.label_fraction = float(label_fraction)
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+
         training = list(dl.get("training") or [])
         validation = list(dl.get("validation") or [])
         if not training:
             raise DatalistError(f"'{self.source}' has no training entries")
         self._check(training, "training", check_files)
-        if not validation:
-            split = patient_split(training, val_fraction=val_fraction, test_fraction=0.0, seed=seed,
-                                  stratify_key=self.label_key)
-            training, validation = split["training"], split["validation"]
-            logger.info("no validation list: set aside %d of %d training entries by patient (val_fraction=%s)",
-                        len(validation), len(training) + len(validation), val_fraction)
-        self.val_items = self._check(validation, "validation", check_files)
+        if validation:
+            self._check(validation, "validation", check_files)
         self.test_items = self._check(list(dl.get("test") or []), "test", check_files, allow_empty=True)
-        self.label_fraction = float(label_fraction)
-        self.seed = int(seed)
-        self.train_items = (training if self.label_fraction >= 1.0 else
-                            draw_label_fraction(training, self.label_fraction, seed=seed, stratify_key=self.label_key))
+        budget = f"the labels at label_fraction={self.label_fraction} (seed {seed})"
+        if validation and self.label_fraction >= 1.0:
+            self.train_items, self.val_items = self._with_ids(training), self._with_ids(validation)
+            logger.info("validation: the datalist's validation list (%d entries)", len(validation))
+        else:
+            pool = training + validation  # every labelled entry the datalist offers
+            labelled = (pool if self.label_fraction >= 1.0 else
+                        draw_label_fraction(pool, self.label_fraction, seed=seed, stratify_key=self.label_key))
+            labelled = self._with_ids(labelled)
+            if self.val_fraction > 0:
+                self.train_items, self.val_items = self._carve_validation(labelled, budget)
+            else:
+                self.train_items, self.val_items = labelled, []
+                logger.info("val_fraction=0: no validation; the model of the last epoch is kept")
         y = check_targets(self.train_items, self.task, self.num_outputs, uncertain, f"{self.source}:training")
         self._require_both_classes(y, f"the training labels at label_fraction={self.label_fraction} (seed {seed})")
         self.pos_weight = positive_weights(y)
-        logger.info("classification data from %s: task %s, %d output(s), %d/%d/%d train/val/test entries "
-                    "(label fraction %s)", self.source, self.task, self.num_outputs, len(self.train_items),
-                    len(self.val_items), len(self.test_items), self.label_fraction)
+        used = self.train_items + self.val_items
+        self.n_labels = len(used)
+        self.n_patients = len({e["patient_id"] for e in used if e["patient_id"]}) + sum(1 for e in used
+                                                                                     if not e["patient_id"])
+        logger.info("classification data from %s: task %s, %d output(s), %d/%d/%d train/val/test entries; label "
+                    "budget: %d labels (training + validation) of %d patients, label fraction %s of %d labelled "
+                    "entries", self.source, self.task, self.num_outputs, len(self.train_items), len(self.val_items),
+                    len(self.test_items), self.n_labels, self.n_patients, self.label_fraction,
+                    len(training) + len(validation))
+
+    @staticmethod
+    def _with_ids(items):
+        return [{"patient_id": "", **e} for e in items]  # every entry has the key (empty: unknown)
+
+    def _usable(self, col: np.ndarray) -> bool:
+        """Can this output (or class) be validated on these targets: a positive and a negative example."""
+        col = col[~np.isnan(col)]
+        return bool((col == 1).any() and (col == 0).any())
+
+    def _carve_validation(self, labelled: list, what: str) -> tuple[list, list]:
+        """Training and validation entries from the labelled ones: :func:`patient_split`, then patients
+        moved to validation until every output can be validated (see ``val_fraction``)."""
+        split = patient_split(labelled, val_fraction=self.val_fraction, test_fraction=0.0, seed=self.seed,
+                              stratify_key=self.label_key)
+        patients = [e["patient_id"] or f"#{i}" for i, e in enumerate(labelled)]
+        in_val = np.zeros(len(labelled), dtype=bool)
+        val_ids = {id(e) for e in split["validation"]}
+        in_val[[i for i, e in enumerate(labelled) if id(e) in val_ids]] = True
+        y = check_targets(labelled, self.task, self.num_outputs, self.uncertain, f"{self.source}:labelled")
+        if self.task == "multiclass":  # one-hot rows: a class is usable when it occurs (its rest are negatives)
+            cols = range(self.num_outputs)
+        else:
+            cols = range(y.shape[1])
+        names = (self.classes if self.task != "binary" else [self.classes[-1] if self.classes else "positive"])
+        order = np.random.default_rng(self.seed).permutation(len(labelled))
+        members: dict[str, list[int]] = {}
+        for i in order:
+            members.setdefault(patients[i], []).append(int(i))
+        for k in cols:
+            if not self._usable(y[:, k]):
+                continue  # not even the labelled entries have both: the training check reports it
+            for value in (1.0, 0.0):
+                if (y[in_val, k] == value).any():
+                    continue
+                # the smallest training patient with that value whose move keeps one in training
+                candidates = sorted((len(idx), j, p) for j, (p, idx) in enumerate(members.items())
+                                    if not in_val[idx[0]] and (y[idx, k] == value).any()
+                                    and ((y[~in_val, k] == value).sum() - (y[idx, k] == value).sum()) >= 1)
+                if candidates:
+                    in_val[members[candidates[0][2]]] = True
+        unusable = [names[k] if k < len(names) else str(k) for k in cols
+                    if self._usable(y[:, k]) and not (self._usable(y[in_val, k]) and self._usable(y[~in_val, k]))]
+        if unusable and (self.task != "multilabel" or len(unusable) == sum(self._usable(y[:, k]) for k in cols)):
+            raise DatalistError(
+                f"{what}: the {len(labelled)} labelled entries ({len(members)} patients) cannot give both a training "
+                f"and a validation set with a positive and a negative example of {unusable}. Raise label_fraction, "
+                "or set val_fraction 0 (no validation: a fixed schedule, the model of the last epoch is kept)")
+        if unusable:
+            logger.warning("%s: the validation set has no positive or no negative example of %s; the validation "
+                           "AUC leaves them out", what, unusable)
+        train = [e for e, v in zip(labelled, in_val) if not v]
+        val = [e for e, v in zip(labelled, in_val) if v]
+        logger.info("validation: %d of the %d labelled entries (%d of %d patients), drawn from the label budget "
+                    "(val_fraction=%s)", len(val), len(labelled), len({patients[i] for i in np.flatnonzero(in_val)}),
+                    len(members), self.val_fraction)
+        return train, val
 
     def _check(self, items, split, check_files, allow_empty=False):
         if not items:
@@ -113,7 +198,7 @@ class ClassificationData:
         check_datalist(items, required_keys=("image", self.label_key), check_files=check_files,
                        source=f"{self.source}:{split}")
         check_targets(items, self.task, self.num_outputs, self.uncertain, f"{self.source}:{split}")
-        return [{"patient_id": "", **e} for e in items]  # every entry has the key (empty: unknown)
+        return self._with_ids(items)
 
     def _require_both_classes(self, y: np.ndarray, what: str) -> None:
         if self.task == "multiclass":

@@ -27,10 +27,11 @@ class FeatureDataset(Dataset):
         batch_size, device: for the one pass over the data.
         inferer: runs ``network.features`` (e.g. :class:`~monai_cxrssl.engines.FastInferer` for the
             fast path); called directly when omitted.
+        progress: show a progress bar over the batches (tqdm, on stderr).
     """
 
     def __init__(self, dataset, network, prepare_batch=None, batch_size: int = 64, device=None,
-                 image_key: str = "image", inferer=None):
+                 image_key: str = "image", inferer=None, progress: bool = False):
         from monai.data import list_data_collate
 
         from monai_cxrssl.engines.classification import ClassificationBatch
@@ -41,7 +42,12 @@ class FeatureDataset(Dataset):
         network.eval()
         self.items: list[dict] = []
         with torch.no_grad():
-            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=list_data_collate):
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=list_data_collate)
+            if progress and len(loader):
+                from tqdm.auto import tqdm
+
+                loader = tqdm(loader, desc=f"backbone features of {len(dataset)} images", unit="batch")
+            for batch in loader:
                 x, _ = prepare_batch(batch, device)
                 feats = (inferer(x, network.features) if inferer is not None else network.features(x)).float().cpu()
                 n = feats.shape[0]
@@ -64,15 +70,17 @@ class FeatureDataset(Dataset):
 
 
 def probe_inputs(dataset, network, fit_standardisation: bool = False, enabled: bool = True, batch_size: int = 64,
-                 inferer=None):
+                 inferer=None, progress: bool = False):
     """What a classifier trains or validates on: precomputed features in linear mode (when ``enabled``),
     else ``dataset`` itself. With ``fit_standardisation`` (the training set), the classifier's feature
-    standardisation is fitted on these features. ``inferer`` runs the feature pass (see :class:`FeatureDataset`)."""
+    standardisation is fitted on these features. ``inferer`` runs the feature pass and ``progress`` shows its
+    bar (see :class:`FeatureDataset`)."""
     from monai_cxrssl.utils import as_bool
 
     if network.mode != "linear" or not as_bool(enabled, "cache_features"):
         return dataset
-    feats = FeatureDataset(dataset, network, batch_size=batch_size, inferer=inferer)
+    feats = FeatureDataset(dataset, network, batch_size=batch_size, inferer=inferer,
+                           progress=as_bool(progress, "progress"))
     if fit_standardisation:
         network.fit_feature_standardisation(feats.stack())
     return feats

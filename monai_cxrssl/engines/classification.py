@@ -4,6 +4,8 @@
   end to end, augmented on the device) images and target vectors;
 - :class:`BestModelHandler`: on the validator, keeps the best model by validation AUC (written
   atomically with a JSON of what it is), and stops early after ``patience`` epochs without gain;
+- :class:`ModelSelection`: on the trainer, validates each epoch, or without validation data keeps
+  the model of the last epoch;
 - :func:`load_trained_classifier`: rebuilds a trained classifier from its output folder for
   evaluation, inference or export.
 """
@@ -26,7 +28,7 @@ from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.utils import atomic_write
 
-__all__ = ["ClassificationBatch", "BestModelHandler", "load_trained_classifier", "export_torchscript", "MODEL_INFO"]
+__all__ = ["ClassificationBatch", "BestModelHandler", "ModelSelection", "fit_classifier", "load_trained_classifier", "export_torchscript", "MODEL_INFO"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +117,9 @@ class BestModelHandler:
         epoch = self.trainer.state.epoch if self.trainer is not None else None
         if not math.isnan(score) and (self.best is None or score > self.best):
             self.best, self.best_epoch, self.bad_rounds = score, epoch, 0
-            models = self.save_dir / "models"
-            atomic_save(self.network.state_dict(), models / "model.pt")
-            with atomic_write(models / MODEL_INFO, "w", encoding="utf-8") as f:
-                json.dump({**self.info, "best_metric": {self.metric_name: score}, "best_epoch": epoch}, f, indent=1,
-                          default=str)
-            logger.info("new best %s %.4f at epoch %s: saved %s", self.metric_name, score, epoch, models / "model.pt")
+            path = self.save({"best_metric": {self.metric_name: score}, "best_epoch": epoch,
+                              "selection": f"best validation {self.metric_name}"})
+            logger.info("new best %s %.4f at epoch %s: saved %s", self.metric_name, score, epoch, path)
             return
         self.bad_rounds += 1
         if math.isnan(score):
@@ -130,11 +129,71 @@ class BestModelHandler:
                         self.bad_rounds, self.best if self.best is not None else float("nan"), self.best_epoch)
             self.trainer.terminate()
 
+    def save(self, selection: dict) -> Path:
+        """Write the network's state dict and ``info`` + ``selection`` (how this model was chosen), atomically."""
+        models = self.save_dir / "models"
+        atomic_save(self.network.state_dict(), models / "model.pt")
+        with atomic_write(models / MODEL_INFO, "w", encoding="utf-8") as f:
+            json.dump({**self.info, **selection}, f, indent=1, default=str)
+        return models / "model.pt"
+
+    def save_last(self, trainer: Engine) -> None:
+        """Keep the model of the last epoch (training without validation)."""
+        path = self.save({"best_metric": None, "best_epoch": trainer.state.epoch,
+                          "selection": "last epoch (no validation)"})
+        logger.info("no validation: saved the model of the last epoch (%d) to %s", trainer.state.epoch, path)
+
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_rounds": self.bad_rounds}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch, self.bad_rounds = state["best"], state["best_epoch"], int(state["bad_rounds"])
+
+
+class ModelSelection:
+    """Which model a classifier run keeps: attach to the trainer.
+
+    With validation data it validates every ``interval`` epochs (MONAI's ``ValidationHandler``; the
+    validator carries a :class:`BestModelHandler`, which keeps the best model and stops early).
+    Without (``val_fraction=0``: no label is spent on model selection) the schedule is fixed and
+    the model of the last epoch is kept (:meth:`BestModelHandler.save_last`); ``patience`` is then unused.
+
+    Args:
+        validator: the validation evaluator.
+        best: the :class:`BestModelHandler` attached to it.
+        validate: whether there are validation data (``bool(data.val_items)``).
+        interval: epochs between validations.
+    """
+
+    def __init__(self, validator: Engine, best: BestModelHandler, validate: bool = True, interval: int = 1):
+        self.validator, self.best = validator, best
+        self.validate, self.interval = bool(validate), int(interval)
+
+    def attach(self, engine: Engine) -> None:
+        if self.validate:
+            from monai.handlers import ValidationHandler
+
+            ValidationHandler(self.interval, self.validator, epoch_level=True).attach(engine)
+            return
+        if self.best.patience:
+            logger.warning("patience=%d is unused: there is no validation set (val_fraction=0)", self.best.patience)
+        engine.add_event_handler(Events.COMPLETED, self.best.save_last)
+
+
+LINEAR_SOLVERS = ("lbfgs", "adamw")
+
+
+def fit_classifier(mode: str, linear_solver: str, probe, trainer: Engine):
+    """Train the classifier: a linear probe by ``linear_solver`` ``lbfgs`` (:class:`LogisticProbe`: logistic
+    regression to convergence, C by cross-validation), else the trainer (``adamw``: the head, or the whole
+    network when fine-tuning, by gradient steps for ``epochs``)."""
+    if linear_solver not in LINEAR_SOLVERS:
+        raise ValueError(f"linear_solver must be one of {LINEAR_SOLVERS}, got {linear_solver!r}")
+    if mode == "linear" and linear_solver == "lbfgs":
+        logger.info("linear probe by L-BFGS logistic regression: epochs, learning_rate, patience and the "
+                    "augmentation settings are unused (linear_solver 'adamw' uses them)")
+        return probe.run()
+    return trainer.run()
 
 
 def load_trained_classifier(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):

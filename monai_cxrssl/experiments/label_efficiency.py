@@ -6,9 +6,16 @@ combination of
 - **initialisation** (``--init``): ``random``, or a pretraining bundle's ``models/backbone.pt``
   (``name=path``, e.g. ``simclr=bundles/simclr_cxr/outputs/models/backbone.pt``);
 - **mode** (``--modes``): ``linear`` (linear probe: frozen backbone, only the head trains: how good
-  are the features as they are) and ``finetune`` (end to end: how good a starting point they are);
-- **label fraction** (``--fractions``): the share of the training labels used, a stratified draw
-  that is nested across fractions for one seed (the 1 % draw lies inside the 10 % draw);
+  are the features as they are) and ``finetune`` (end to end: how good a starting point they are).
+  The linear probe is by default (``--linear-solver lbfgs``) an L2-regularised logistic regression
+  on standardised features trained to convergence, its ``C`` chosen by patient-grouped
+  cross-validation inside the labelled entries (:class:`~monai_cxrssl.engines.LogisticProbe`);
+  ``--linear-solver adamw`` trains the head by AdamW for ``--epochs-linear`` epochs instead;
+- **label fraction** (``--fractions``): the share of the labelled entries a run uses, ALL its labels
+  counted: a stratified draw that is nested across fractions for one seed (the 1 % draw lies inside
+  the 10 % draw), and the validation set (model selection, early stopping) is drawn from inside it
+  (:class:`~monai_cxrssl.data.ClassificationData`), so no label outside the budget is used. Every
+  run records ``n_labels`` (training + validation) and ``n_patients``, and the table states them;
 - **seed** (``--seeds``): which labelled subset is drawn (and the validation carve-out, the head's
   initialisation and the batch order). Several draws per fraction matter most at small fractions,
   where which few images are labelled changes the result more than anything else.
@@ -132,6 +139,7 @@ __all__ = [
     "run_study",
     "study_statistics",
     "format_table",
+    "add_label_counts",
     "plot_auc_vs_fraction",
     "parse_init",
     "parse_overrides",
@@ -152,7 +160,7 @@ CONTROLLED = {
     "learning_rate": "--lr-linear/--lr-finetune", "backbone": "--backbone", "image_size": "--image-size",
     "batch_size": "--batch-size", "dataset_dir": "--dataset_dir", "datalist": "--datalist",
     "demo_dir": "--allow-demo", "progress": None, "resume": None, "n_resamples": "--eval-resamples",
-    "model_path": None, "eval_dir": None,
+    "model_path": None, "eval_dir": None, "linear_solver": "--linear-solver",
 }
 _INIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
 
@@ -348,6 +356,7 @@ def _check_data(source: dict, fractions, seeds, data_options: dict) -> dict:
             elif signature != reference:
                 raise StudyError(f"the test list changes with label fraction {f} / seed {s}; it must be fixed")
             description.setdefault("n_train", {})[f"f{float(f)}-s{s}"] = len(data.train_items)
+            description.setdefault("n_labels", {})[f"f{float(f)}-s{s}"] = data.n_labels
     return description
 
 
@@ -562,6 +571,22 @@ def transfer_verdict(comparison: Mapping | None) -> str | None:
     return UNCLEAR
 
 
+def add_label_counts(stats: dict, records: Mapping[RunSpec, Mapping]) -> None:
+    """Add ``n_labels`` and ``n_patients`` (one per seed, from the runs' records) to every row of ``stats``."""
+    for r in stats["rows"]:
+        recs = [records.get(RunSpec(r["init"], r["mode"], r["fraction"], seed), {}) for seed in r["seeds"]]
+        r["n_labels"] = [rec.get("n_labels") for rec in recs]
+        r["n_patients"] = [rec.get("n_patients") for rec in recs]
+
+
+def _span(values) -> str:
+    values = [v for v in (values or []) if v is not None]
+    if not values:
+        return "n/a"
+    lo, hi = min(values), max(values)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -577,8 +602,10 @@ def format_table(stats: Mapping) -> str:
     ref = stats.get("reference", RANDOM)
     boot = stats["bootstrap"]
     pct = round(100 * boot["confidence"])
-    lines = [f"| init | mode | fraction | n seeds | AUC mean ± SD | {pct}% CI | Δ vs {ref} [{pct}% CI] | p | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    counts = any(r.get("n_labels") for r in stats["rows"])
+    lines = [f"| init | mode | fraction |{' labels (patients) |' if counts else ''} n seeds | AUC mean ± SD | {pct}% CI "
+             f"| Δ vs {ref} [{pct}% CI] | p | verdict |",
+             "|---|---|---|" + ("---|" if counts else "") + "---|---|---|---|---|---|"]
     for r in stats["rows"]:
         sd = "" if r["auc_sd"] is None else f" ± {_fmt(r['auc_sd'])}"
         ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
@@ -589,7 +616,8 @@ def format_table(stats: Mapping) -> str:
             delta = f"{v['diff']:+.3f} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]"
             p = _fmt_p(v["p_value"])
         verdict = r.get("verdict", transfer_verdict(v)) or "—"
-        lines.append(f"| {r['init']} | {r['mode']} | {r['fraction']:g} | {r['n_seeds']} | {_fmt(r['auc_mean'])}{sd} "
+        used = f" {_span(r.get('n_labels'))} ({_span(r.get('n_patients'))}) |" if counts else ""
+        lines.append(f"| {r['init']} | {r['mode']} | {r['fraction']:g} |{used} {r['n_seeds']} | {_fmt(r['auc_mean'])}{sd} "
                      f"| {ci} | {delta} | {p} | {'**' + verdict + '**' if verdict == WORSE else verdict} |")
     ts = stats["test_set"]
     unit = (f"{ts['n_patients']} patients" if boot["resampling"] == "patient" else f"{ts['n_images']} images")
@@ -597,6 +625,8 @@ def format_table(stats: Mapping) -> str:
         "",
         f"Test set: {ts['n_images']} images"
         + (f", {ts['n_patients']} patients" if ts.get("n_patients") else "") + f"; AUC = {ts['auc']}.",
+        *(["Labels: every label a run used, training and validation (model selection) together, over the seeds' "
+           "draws; patients: those they come from."] if counts else []),
         f"AUC mean ± SD over seeds (label-fraction draws). {pct}% CI: percentile bootstrap of the seed-mean AUC, "
         f"{boot['n_resamples']} {boot['resampling']}-level resamples of the test set ({unit}), shared by all runs.",
         f"Δ: seed-averaged paired AUC difference vs the {ref} init (same mode, fraction and seed, hence the same "
@@ -635,9 +665,10 @@ def plot_auc_vs_fraction(stats: Mapping, path: str | os.PathLike, title: str | N
                     marker=marker, capsize=3, label=f"{init} ({mode})")
     ax.set_xscale("log")
     ax.set_xticks(fractions)
-    ax.set_xticklabels([f"{100 * f:g}%" for f in fractions])
+    used = {f: _span([n for r in rows if r["fraction"] == f for n in (r.get("n_labels") or [])]) for f in fractions}
+    ax.set_xticklabels([f"{100 * f:g}%" + (f"\n{used[f]} labels" if used[f] != "n/a" else "") for f in fractions])
     ax.minorticks_off()
-    ax.set_xlabel("label fraction (log scale)")
+    ax.set_xlabel("label fraction (log scale), and the labels a run used (training + validation)")
     pct = round(100 * stats["bootstrap"]["confidence"])
     ax.set_ylabel(f"test AUC (mean over seeds, {pct}% CI)")
     ax.set_title(title or "Label efficiency")
@@ -664,6 +695,7 @@ def run_study(
     modes: Sequence[str] = MODES,
     fractions: Sequence[float] = (0.01, 0.1, 1.0),
     seeds: Sequence[int] = (0, 1, 2),
+    linear_solver: str = "lbfgs",
     epochs_linear: int = 10,
     epochs_finetune: int = 5,
     lr_linear: float = 0.01,
@@ -688,7 +720,10 @@ def run_study(
         modes: ``linear`` and/or ``finetune``.
         fractions: label fractions in (0, 1].
         seeds: label-fraction draws (and training seeds).
-        epochs_linear, epochs_finetune, lr_linear, lr_finetune: epochs and learning rate per mode.
+        linear_solver: ``lbfgs`` (logistic regression to convergence, C by cross-validation) or ``adamw``
+            (the head by AdamW, ``epochs_linear`` epochs at ``lr_linear``).
+        epochs_linear, epochs_finetune, lr_linear, lr_finetune: epochs and learning rate per mode (the
+            linear ones only with ``linear_solver="adamw"``).
         backbone, image_size, batch_size: passed to every run.
         n_resamples: bootstrap resamples of the study's statistics (shared by all runs).
         eval_resamples: bootstrap resamples of each run's own ``eval/metrics.json``.
@@ -718,6 +753,8 @@ def run_study(
     seeds = _unique(seeds, "--seeds", int)
     if any(s < 0 for s in seeds):
         raise StudyError(f"--seeds must be non-negative integers, got {seeds}")
+    if linear_solver not in ("lbfgs", "adamw"):
+        raise StudyError(f"--linear-solver: expected 'lbfgs' or 'adamw', got {linear_solver!r}")
     epochs = {"linear": _positive(epochs_linear, "--epochs-linear", int),
               "finetune": _positive(epochs_finetune, "--epochs-finetune", int)}
     lrs = {"linear": _positive(lr_linear, "--lr-linear"), "finetune": _positive(lr_finetune, "--lr-finetune")}
@@ -766,6 +803,8 @@ def run_study(
             "datalist": source["datalist"], "synthetic_demo": demo, "overrides": extra,
             "eval_resamples": eval_resamples,
         }
+        if spec.mode == "linear":
+            settings[spec]["linear_solver"] = linear_solver
     runs_dir = out / "runs"
     done: dict[RunSpec, dict] = {}
     for spec in specs:
@@ -799,8 +838,10 @@ def run_study(
             _say(f"{head}: found an interrupted run (no {DONE}): deleting it and restarting from scratch")
             shutil.rmtree(run_dir)
         s = settings[spec]
+        how = ("logistic regression (L-BFGS), C by cross-validation" if s.get("linear_solver") == "lbfgs"
+               else f"{s['epochs']} epoch(s), lr {s['learning_rate']:g}")
         _say(f"{head}: training ({spec.mode}, init {spec.init}, label fraction {spec.fraction}, seed {spec.seed}, "
-             f"{s['epochs']} epoch(s), lr {s['learning_rate']:g}); log in {run_dir / 'log.txt'}")
+             f"{how}); log in {run_dir / 'log.txt'}")
         run_dir.mkdir(parents=True)
         bundle_overrides = {
             "bundle_root": str(bundle_dir), "output_dir": str(run_dir), "init_weights": s["init_weights"],
@@ -809,6 +850,8 @@ def run_study(
             "batch_size": batch_size, "progress": False, "resume": False,
             "dataset_dir": source["dataset_dir"], "datalist": source["datalist"], **extra,
         }
+        if "linear_solver" in s:
+            bundle_overrides["linear_solver"] = s["linear_solver"]
         if demo:
             bundle_overrides["demo_dir"] = source["demo_dir"]
         t0 = time.monotonic()
@@ -830,6 +873,8 @@ def run_study(
                   "test_auc": metrics.get("auc"), "test_ci_low": metrics.get("ci_low"),
                   "test_ci_high": metrics.get("ci_high"), "best_epoch": info.get("best_epoch"),
                   "best_metric": info.get("best_metric"), "n_train": info.get("n_train"),
+                  "n_val": info.get("n_val"), "n_labels": info.get("n_labels"), "n_patients": info.get("n_patients"),
+                  "selection": info.get("selection"),
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         with atomic_write(run_dir / DONE, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1)
@@ -845,10 +890,12 @@ def run_study(
     if demo:
         stats["notes"].insert(0, "SYNTHETIC demo phantoms (--allow-demo): these numbers mean nothing clinically")
     auc_by_name = {r["name"]: r["test_auc"] for r in stats["runs"]}
+    add_label_counts(stats, {spec: done[spec] for spec in specs})
     results = {
         "study": {
             "out": str(out), "bundle_dir": str(bundle_dir), "data": {**source, **test_info},
             "synthetic_demo": demo, "inits": init_info, "modes": modes, "fractions": fractions, "seeds": seeds,
+            "linear_solver": linear_solver if "linear" in modes else None,
             "epochs": epochs, "learning_rate": lrs, "backbone": backbone, "image_size": image_size,
             "batch_size": batch_size, "overrides": extra, "eval_resamples": eval_resamples,
         },
@@ -857,7 +904,9 @@ def run_study(
             "label_fraction": spec.fraction, "seed": spec.seed, "settings": done[spec]["settings"],
             "wall_time_s": done[spec].get("wall_time_s"), "test_auc": auc_by_name.get(spec.name),
             "bundle_test_auc": done[spec].get("test_auc"), "best_epoch": done[spec].get("best_epoch"),
-            "n_train": done[spec].get("n_train"), "finished": done[spec].get("finished"),
+            "n_train": done[spec].get("n_train"), "n_val": done[spec].get("n_val"),
+            "n_labels": done[spec].get("n_labels"), "n_patients": done[spec].get("n_patients"),
+            "selection": done[spec].get("selection"), "finished": done[spec].get("finished"),
         } for spec in specs],
         "table": stats["rows"],
         "test_set": stats["test_set"],
@@ -907,6 +956,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--linear-solver", "--linear_solver", dest="linear_solver", choices=("lbfgs", "adamw"),
+                   default="lbfgs", help="linear probe: logistic regression to convergence with C by cross-validation "
+                                         "(lbfgs), or the head by AdamW for --epochs-linear epochs (adamw)")
     p.add_argument("--epochs-linear", "--epochs_linear", dest="epochs_linear", type=int, default=10)
     p.add_argument("--epochs-finetune", "--epochs_finetune", dest="epochs_finetune", type=int, default=5)
     p.add_argument("--lr-linear", "--lr_linear", dest="lr_linear", type=float, default=0.01)
