@@ -111,3 +111,28 @@ def test_report_matches_sklearn_with_masks_and_patients(tmp_path):
     lines = (tmp_path / "predictions.csv").read_text().splitlines()
     assert len(lines) == 81 and lines[0].startswith("image,patient_id,prob_a")
     assert lines[1].split(",")[-1] == ""  # unknown label written as empty
+
+
+def test_a_finetuned_classifier_exports_its_backbone_as_supervised_pretraining(tmp_path):
+    from monai_cxrssl.checkpoints import initialisation_chain
+    from monai_cxrssl.networks import init_backbone
+
+    net = _small_classifier()
+    net.init_report = {"source": "random"}
+    info = {"task": "multilabel", "classes": ["a", "b"], "num_outputs": 2, "mode": "finetune",
+            "backbone": net.backbone.spec(), "data_source": "/data/nih.json", "n_labels": 70, "n_patients": 50}
+    best = BestModelHandler(tmp_path, net, info=info, trainer=_Trainer())
+    best.trainer.state.epoch = 3
+    best(SimpleNamespace(state=SimpleNamespace(metrics={"val_auc": 0.8})))
+    path = tmp_path / "models" / "backbone.pt"
+    fresh = build_backbone("resnet10", widen_factor=0.25)
+    report = init_backbone(fresh, path)  # what --init_weights and the study's --init do with it
+    assert report["method"] == "supervised" and report["epoch"] == 3 and report["origin"]["n_labels"] == 70
+    assert all(torch.equal(v, net.backbone.state_dict()[k]) for k, v in fresh.state_dict().items())
+    chain = initialisation_chain(report)
+    assert [(c["method"], c["data"]) for c in chain] == [("supervised", "/data/nih.json"), (None, None)]
+    assert chain[-1]["source"] == "random"
+    # a linear probe leaves the backbone as it was: no "supervised" export of an unchanged backbone
+    probe = CXRClassifier(build_backbone("resnet10", widen_factor=0.25), 1, mode="linear")
+    BestModelHandler(tmp_path / "probe", probe, info={}).save({"best_epoch": None})
+    assert not (tmp_path / "probe" / "models" / "backbone.pt").exists()

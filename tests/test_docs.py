@@ -179,7 +179,9 @@ def make_stand_ins(root: Path, shared: Path) -> dict[str, str]:
     """Small real data and generated files for the docs' example paths; returns path -> stand-in."""
     kermany, nih = root / "data" / "kermany_pneumonia_224", root / "data" / "nih"
     _copy_subset(shared / "kermany_pneumonia_224", kermany, per_folder=24)
-    _copy_subset(shared / "nih_cxr14_1000_64", nih, per_folder=8)
+    # all of the NIH subset (1,000 images of 64 px, 7 MB): a classifier trained on its 14 findings (the
+    # supervised-pretraining example) needs a positive of each rare finding in its training list
+    _copy_subset(shared / "nih_cxr14_1000_64", nih, per_folder=10_000)
     kept = {p.relative_to(nih).as_posix() for p in nih.rglob("*.png")}
     with open(shared / "nih_cxr14_1000_64" / "labels.csv", newline="") as f, open(nih / "labels.csv", "w", newline="") as g:
         rows = csv.DictReader(f)
@@ -196,6 +198,7 @@ def make_stand_ins(root: Path, shared: Path) -> dict[str, str]:
         "/data/kermany": str(kermany),
         "/data/cxr": str(kermany),
         "/data/nih/labels.csv": str(nih / "labels.csv"),
+        "/data/nih": str(nih),
         "/data/dicoms": str(shared / "dicom"),
         "/data/new_dicoms": str(shared / "dicom"),
         "/weights/dinov2_vits14_pretrain.pth": str(root / "weights" / "dinov2_vits14_pretrain.pth"),

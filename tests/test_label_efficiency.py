@@ -18,6 +18,7 @@ from monai_cxrssl.evaluation.stats import bootstrap_auc_ci, paired_bootstrap_auc
 from monai_cxrssl.experiments.label_efficiency import (
     RunSpec,
     StudyError,
+    format_per_finding,
     format_table,
     main,
     parse_init,
@@ -182,12 +183,35 @@ def test_statistics_multilabel_macro_and_mismatched_test_lists(tmp_path):
     names = ("a", "b", "c")
     runs = {RunSpec(i, "finetune", 0.5, s): np.round(rng.random(y.shape), 6) for i in ("random", "ssl") for s in (0, 1)}
     stats = study_statistics(_study(tmp_path, runs, patients, y, names), n_resamples=100)
-    assert stats["test_set"]["included"] == ["a", "b"] and stats["test_set"]["excluded"] == ["c"]
+    assert stats["test_set"]["included"] == ["a", "b"] and list(stats["test_set"]["excluded"]) == ["c"]
     row = next(r for r in stats["rows"] if r["init"] == "ssl")
     known = ~np.isnan(y[:, 1])
     for s, got in zip((0, 1), row["per_seed_auc"]):
         p = runs[RunSpec("ssl", "finetune", 0.5, s)]
         assert got == pytest.approx((roc_auc_score(y[:, 0], p[:, 0]) + roc_auc_score(y[known, 1], p[known, 1])) / 2)
+    # per finding: the seed-mean AUC of that finding alone, and its paired difference from random
+    per = {(r["finding"], r["init"]): r for r in stats["per_finding"]}
+    assert set(per) == {(f, i) for f in ("a", "b") for i in ("random", "ssl")}
+    for f, k in (("a", 0), ("b", 1)):
+        aucs = {i: np.mean([roc_auc_score(y[known if k else slice(None), k],
+                                          runs[RunSpec(i, "finetune", 0.5, s)][known if k else slice(None), k])
+                            for s in (0, 1)]) for i in ("random", "ssl")}
+        assert per[(f, "ssl")]["auc_mean"] == pytest.approx(aucs["ssl"])
+        assert per[(f, "ssl")]["vs_reference"]["diff"] == pytest.approx(aucs["ssl"] - aucs["random"])
+        assert per[(f, "ssl")]["ci_low"] <= per[(f, "ssl")]["auc_mean"] <= per[(f, "ssl")]["ci_high"]
+    table = format_per_finding(stats)
+    assert "| a |" in table and "| b |" in table and "Left out: c: 0 positive and" in table
+    # a finding with too few test positives is left out of the macro AUC, with the reason
+    rare = y.copy()
+    rare[:, 1] = np.where(np.isnan(y[:, 1]), np.nan, 0.0)
+    rare[[0, 1], 1] = 1.0  # finding b: 2 test positives
+    assert min(np.sum(y[:, 0] == 1), np.sum(y[:, 0] == 0)) >= 3
+    stats = study_statistics(_study(tmp_path / "rare", runs, patients, rare, names), n_resamples=100,
+                             min_test_positives=3)
+    assert stats["test_set"]["included"] == ["a"] and "fewer than min_test_positives" in stats["test_set"]["excluded"]["b"]
+    p = runs[RunSpec("ssl", "finetune", 0.5, 0)]
+    assert next(r for r in stats["rows"] if r["init"] == "ssl")["per_seed_auc"][0] == pytest.approx(
+        roc_auc_score(y[:, 0], p[:, 0]))
 
     # another test order in one run is refused, naming both files
     files = _study(tmp_path, runs, patients, y, names)

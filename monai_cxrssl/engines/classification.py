@@ -23,7 +23,7 @@ import torch
 
 from ignite.engine import Engine, Events
 
-from monai_cxrssl.checkpoints import atomic_save, read_checkpoint
+from monai_cxrssl.checkpoints import BACKBONE_EXPORT, atomic_save, read_checkpoint
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.utils import atomic_write
@@ -130,12 +130,35 @@ class BestModelHandler:
             self.trainer.terminate()
 
     def save(self, selection: dict) -> Path:
-        """Write the network's state dict and ``info`` + ``selection`` (how this model was chosen), atomically."""
+        """Write the network's state dict and ``info`` + ``selection`` (how this model was chosen), atomically.
+
+        A fine-tuned classifier's backbone is also written as a backbone export (``models/backbone.pt``,
+        method ``supervised``, with the data and labels it was trained on and its own initialisation):
+        supervised pretraining on a labelled source, which any bundle's ``init_weights`` and the
+        label-efficiency study's ``--init`` take like an SSL backbone."""
         models = self.save_dir / "models"
         atomic_save(self.network.state_dict(), models / "model.pt")
+        if getattr(self.network, "mode", None) == "finetune":
+            atomic_save(self.backbone_export(selection), models / "backbone.pt")
         with atomic_write(models / MODEL_INFO, "w", encoding="utf-8") as f:
             json.dump({**self.info, **selection}, f, indent=1, default=str)
         return models / "model.pt"
+
+    def backbone_export(self, selection: dict) -> dict:
+        """The fine-tuned backbone as a :data:`~monai_cxrssl.checkpoints.BACKBONE_EXPORT` dictionary (plain types)."""
+        import monai_cxrssl
+
+        backbone = self.network.backbone
+        keep = ("task", "classes", "num_outputs", "image_size", "label_fraction", "seed", "data_source", "n_labels",
+                "n_patients")
+        metadata = {k: self.info[k] for k in keep if k in self.info}
+        metadata["datalist"] = self.info.get("data_source")  # the data the stage trained on, for the init chain
+        metadata.update({k: v for k, v in selection.items() if k in ("best_metric", "selection")})
+        return {"format": BACKBONE_EXPORT, "method": "supervised", "epoch": selection.get("best_epoch"),
+                "backbone": backbone.spec(), "monai_cxrssl_version": monai_cxrssl.__version__,
+                "metadata": json.loads(json.dumps(metadata, default=str)),
+                "initialisation": getattr(self.network, "init_report", None),
+                "state_dict": backbone.state_dict()}
 
     def save_last(self, trainer: Engine) -> None:
         """Keep the model of the last epoch (training without validation)."""

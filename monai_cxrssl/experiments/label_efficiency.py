@@ -90,13 +90,18 @@ one-vs-rest) that have both classes in the test set, as in
 other than the pretraining data, and the inits any mix of pretraining stages: e.g. ``random``,
 ``source=`` (SSL on the source), ``two_stage=`` (source SSL continued on the target's unlabelled
 training images with the pretraining bundle's ``--init_weights``) and ``target=`` (SSL on the target only).
+Supervised pretraining on a labelled source, the third arm of the DINOv2 study, is an init like the
+others: a classifier fine-tuned on the source (e.g. NIH's 14 findings) writes its backbone to
+``models/backbone.pt`` (method ``supervised``), e.g. ``supervised_nih=runs/supervised_nih/models/backbone.pt``.
 
 All of it is :func:`monai_cxrssl.evaluation.stats.seed_averaged_bootstrap`, applied by
 :func:`study_statistics`. p-values are not corrected for the number of comparisons.
 
 **Outputs** in ``STUDY_DIR``: ``results.json`` (the study's settings, every run's settings, wall
 time and test AUC, the aggregated table), ``table.md`` (init | mode | fraction | n seeds | AUC mean ±
-SD | 95% CI | Δ vs random [95% CI] | p; printed at the end) and ``auc_vs_fraction.png`` (AUC vs
+SD | 95% CI | Δ vs random [95% CI] | p; printed at the end), for a multi-label or multi-class task
+``per_finding.md`` (each finding's AUC with its CI and paired difference; findings with fewer than
+``--min-test-positives`` test positives or negatives left out, listed with the reason) and ``auc_vs_fraction.png`` (AUC vs
 label fraction on a log axis, one line per init x mode, 95% CI error bars).
 
 References:
@@ -139,6 +144,7 @@ __all__ = [
     "run_study",
     "study_statistics",
     "format_table",
+    "format_per_finding",
     "add_label_counts",
     "plot_auc_vs_fraction",
     "parse_init",
@@ -439,7 +445,8 @@ def _read_predictions(path: Path) -> dict:
 
 
 def study_statistics(predictions: Mapping[RunSpec | tuple, str | os.PathLike], *, n_resamples: int = 1000,
-                     confidence: float = 0.95, seed: int = 0, reference: str = RANDOM) -> dict:
+                     confidence: float = 0.95, seed: int = 0, reference: str = RANDOM,
+                     min_test_positives: int = 1) -> dict:
     """The study's statistics from the runs' ``predictions.csv`` files (see the module docstring).
 
     Args:
@@ -448,6 +455,9 @@ def study_statistics(predictions: Mapping[RunSpec | tuple, str | os.PathLike], *
         confidence: coverage of the intervals.
         seed: seed of the bootstrap.
         reference: the init every other init is compared with (same mode, fraction, seed).
+        min_test_positives: multi-label and multi-class: an output with fewer test positives (or
+            negatives) is left out of the macro AUC and of the per-finding table, listed with the reason
+            in ``test_set["excluded"]``; a single positive gives an AUC, not a usable interval.
 
     Returns:
         ``{"rows": [...], "runs": [...], "test_set": {...}, "bootstrap": {...}, "notes": [...]}``:
@@ -486,6 +496,15 @@ def study_statistics(predictions: Mapping[RunSpec | tuple, str | os.PathLike], *
     y = np.where(known, y_full, 0.0)
     groups = ref["patients"] if all(ref["patients"]) else None
     binary = y.shape[1] == 1
+    too_few = {}
+    if not binary:
+        for k, name in enumerate(ref["outputs"]):
+            n_pos, n_neg = int((y[known[:, k], k] == 1).sum()), int((y[known[:, k], k] == 0).sum())
+            if min(n_pos, n_neg) < int(min_test_positives):
+                too_few[name] = (f"{n_pos} positive and {n_neg} negative test label(s), fewer than "
+                                 f"min_test_positives={int(min_test_positives)}")
+                known[:, k] = False
+    y_per_output, known_per_output = y, known.copy()
     if binary:
         y, known = y[:, 0], known[:, 0]
     runs: dict[tuple, dict[int, np.ndarray]] = {}
@@ -544,14 +563,78 @@ def study_statistics(predictions: Mapping[RunSpec | tuple, str | os.PathLike], *
                             "fraction": c["key"][2], "seed": s, "test_auc": a})
     test_set = {"n_images": len(ref["images"]), "n_patients": len(set(groups)) if groups is not None else None,
                 "outputs": ref["outputs"], "auc": "ROC AUC" if binary else "macro ROC AUC over outputs with both classes"}
+    per_finding = []
     if not binary:
-        test_set.update(included=res["included"], excluded=res["excluded"])
+        reasons = {name: too_few.get(name, "no positive or no negative test label") for name in res["excluded"]}
+        test_set.update(included=res["included"], excluded=reasons)
+        per_finding = _per_finding(y_per_output, known_per_output, ref["outputs"], res["included"], runs,
+                                   comparisons, groups, n_resamples, confidence, seed)
     bootstrap = {"n_resamples": res["n_resamples"], "confidence": res["confidence"], "seed": seed,
                  "resampling": "patient" if res["resampling"] == "group" else "image", "n_units": res["n_units"],
                  "method": "percentile bootstrap; resamples drawn once and shared by all runs; AUCs (and paired "
                            "differences) averaged over seeds within each resample"}
     return {"rows": rows, "runs": per_run, "test_set": test_set, "bootstrap": bootstrap, "reference": reference,
-            "notes": notes}
+            "notes": notes, "per_finding": per_finding}
+
+
+def _per_finding(y, known, names, included, runs, comparisons, groups, n_resamples, confidence, seed) -> list[dict]:
+    """One row per (finding, init, mode, fraction): the seed-mean AUC of that finding with its interval,
+    and the paired difference from the reference, on the same shared resamples as the macro AUC."""
+    from monai_cxrssl.evaluation.stats import seed_averaged_bootstrap
+
+    rows = []
+    for name in included:
+        k = list(names).index(name)
+        res = seed_averaged_bootstrap(y[:, k], {c: {s: sc[:, k] for s, sc in per.items()} for c, per in runs.items()},
+                                      comparisons=comparisons, groups=groups, n_resamples=n_resamples,
+                                      confidence=confidence, seed=seed, mask=known[:, k])
+        vs = {c["a"]: c for c in res["comparisons"]}
+        n_pos, n_neg = int((y[known[:, k], k] == 1).sum()), int((y[known[:, k], k] == 0).sum())
+        for c in res["configurations"]:
+            comp = vs.get(c["key"])
+            rows.append({"finding": name, "n_test_positive": n_pos, "n_test_negative": n_neg,
+                         "init": c["key"][0], "mode": c["key"][1], "fraction": c["key"][2],
+                         "auc_mean": c["auc_mean"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                         "vs_reference": None if comp is None else {
+                             "diff": comp["diff"], "ci_low": comp["ci_low"], "ci_high": comp["ci_high"],
+                             "p_value": comp["p_value"]}})
+    return rows
+
+
+def format_per_finding(stats: Mapping) -> str:
+    """Markdown: per finding, mode and fraction, each init's AUC [CI] and its difference from the reference."""
+    rows = stats.get("per_finding") or []
+    if not rows:
+        return ""
+    ref = stats.get("reference", RANDOM)
+    pct = round(100 * stats["bootstrap"]["confidence"])
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    lines = [f"| finding | test pos / neg | mode | fraction | " + " | ".join(
+        f"{i} AUC [{pct}% CI]" + ("" if i == ref else f" (Δ vs {ref} [{pct}% CI])") for i in inits) + " |",
+        "|---|---|---|---|" + "---|" * len(inits)]
+    keys = list(dict.fromkeys((r["finding"], r["mode"], r["fraction"]) for r in rows))
+    by = {(r["finding"], r["mode"], r["fraction"], r["init"]): r for r in rows}
+    for finding, mode, fraction in keys:
+        cells = []
+        for i in inits:
+            r = by.get((finding, mode, fraction, i))
+            if r is None:
+                cells.append("—")
+                continue
+            cell = f"{_fmt(r['auc_mean'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+            v = r["vs_reference"]
+            if v is not None:
+                cell += f" ({v['diff']:+.3f} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}])"
+            cells.append(cell)
+        any_row = next(r for r in rows if r["finding"] == finding)
+        lines.append(f"| {finding} | {any_row['n_test_positive']} / {any_row['n_test_negative']} | {mode} | "
+                     f"{fraction:g} | " + " | ".join(cells) + " |")
+    excluded = stats["test_set"].get("excluded") or {}
+    legend = ["", f"Per finding: seed-mean test AUC, {pct}% percentile bootstrap CI on the resamples shared with "
+                  "the macro table; Δ: paired difference from the same mode, fraction and seeds of the "
+                  f"{ref} init (not corrected for multiple comparisons)."]
+    legend += [f"Left out: {name}: {why}." for name, why in excluded.items()]
+    return "\n".join(lines + legend) + "\n"
 
 
 #: verdicts of an init against the reference (random), from the paired difference's interval
@@ -707,6 +790,7 @@ def run_study(
     eval_resamples: int = 200,
     confidence: float = 0.95,
     bootstrap_seed: int = 0,
+    min_test_positives: int = 5,
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
     allow_demo: bool = False,
     bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR,
@@ -728,6 +812,8 @@ def run_study(
         n_resamples: bootstrap resamples of the study's statistics (shared by all runs).
         eval_resamples: bootstrap resamples of each run's own ``eval/metrics.json``.
         confidence, bootstrap_seed: of the study's intervals.
+        min_test_positives: multi-label / multi-class: outputs with fewer test positives (or negatives)
+            are left out of the macro AUC and the per-finding table, listed with the reason.
         overrides: any other classifier-bundle setting, as ``["key=value"]`` or a dict (``--set``).
         allow_demo: allow the SYNTHETIC demo data when no data are given (smoke tests only).
         bundle_dir: the classifier bundle (its ``configs/train.json`` and ``configs/evaluate.json``).
@@ -762,6 +848,7 @@ def run_study(
     batch_size = _positive(batch_size, "--batch-size", int)
     n_resamples = _positive(n_resamples, "--n-resamples", int)
     eval_resamples = _positive(eval_resamples, "--eval-resamples", int)
+    min_test_positives = _positive(min_test_positives, "--min-test-positives", int)
     if not 0.0 < float(confidence) < 1.0:
         raise StudyError(f"--confidence must be in (0, 1), got {confidence}")
     extra = parse_overrides(overrides)
@@ -886,7 +973,8 @@ def run_study(
     # ---- statistics and report -------------------------------------------------------------------
     _say(f"statistics: {n_resamples} shared bootstrap resamples over {n} run(s)")
     stats = study_statistics({spec: runs_dir / spec.name / "eval" / "predictions.csv" for spec in specs},
-                             n_resamples=n_resamples, confidence=confidence, seed=bootstrap_seed)
+                             n_resamples=n_resamples, confidence=confidence, seed=bootstrap_seed,
+                             min_test_positives=min_test_positives)
     if demo:
         stats["notes"].insert(0, "SYNTHETIC demo phantoms (--allow-demo): these numbers mean nothing clinically")
     auc_by_name = {r["name"]: r["test_auc"] for r in stats["runs"]}
@@ -909,6 +997,7 @@ def run_study(
             "selection": done[spec].get("selection"), "finished": done[spec].get("finished"),
         } for spec in specs],
         "table": stats["rows"],
+        "per_finding": stats["per_finding"],
         "test_set": stats["test_set"],
         "bootstrap": stats["bootstrap"],
         "reference": stats["reference"],
@@ -927,6 +1016,11 @@ def run_study(
     table = format_table(stats)
     with atomic_write(out / "table.md", "w", encoding="utf-8") as f:
         f.write(("**SYNTHETIC demo data: meaningless numbers.**\n\n" if demo else "") + table)
+    per_finding = format_per_finding(stats)
+    if per_finding:
+        with atomic_write(out / "per_finding.md", "w", encoding="utf-8") as f:
+            f.write(("**SYNTHETIC demo data: meaningless numbers.**\n\n" if demo else "") + per_finding)
+        _say(f"per-finding AUCs in {out / 'per_finding.md'}")
     plot_auc_vs_fraction(stats, out / "auc_vs_fraction.png",
                          title=f"Label efficiency ({backbone}, {test_info['n_test']} test images)"
                                + (" - SYNTHETIC demo" if demo else ""))
@@ -972,6 +1066,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bootstrap resamples of each run's own eval/metrics.json")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--bootstrap-seed", "--bootstrap_seed", dest="bootstrap_seed", type=int, default=0)
+    p.add_argument("--min-test-positives", "--min_test_positives", dest="min_test_positives", type=int, default=5,
+                   help="multi-label/multi-class: outputs with fewer test positives (or negatives) are left out of "
+                        "the macro AUC, with the reason")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any other classifier-bundle setting, e.g. --set patience=3 --set device=cuda")
     p.add_argument("--allow-demo", "--allow_demo", dest="allow_demo", action="store_true",
