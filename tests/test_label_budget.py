@@ -77,6 +77,10 @@ def test_no_validation_spends_every_label_on_training(tmp_path, caplog):
         data = ClassificationData(datalist=path, label_fraction=0.05, val_fraction=0, check_files=False)
     assert data.val_items == [] and data.n_labels == len(data.train_items)
     assert "no validation" in caplog.text and "label budget" in caplog.text
+    # a datalist's own validation list then trains too
+    path, dl = _datalist(tmp_path, validation=30, name="with_val.json")
+    data = ClassificationData(datalist=path, val_fraction=0, check_files=False)
+    assert data.val_items == [] and data.n_labels == len(dl["training"]) + 30
 
 
 def test_a_budget_too_small_to_validate_is_an_error_that_says_what_to_do(tmp_path):

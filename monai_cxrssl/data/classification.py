@@ -40,7 +40,7 @@ class ClassificationData:
             together) that the run uses, ALL its labels included: a stratified draw, nested across
             fractions for one seed, every class present. Below 1 the validation set is drawn from these
             labelled entries (see ``val_fraction``), so that model selection uses no label outside the
-            budget. At 1 a datalist's own validation list is kept as it is.
+            budget. At 1 a datalist's own validation list is kept as it is (unless ``val_fraction`` is 0).
         seed: seed of the label-fraction draw (and of the validation carve-out).
         val_fraction: the share of the labelled entries set aside for validation (by patient, stratified),
             whenever the datalist's validation list is not used as it is (a label fraction below 1, or no
@@ -48,8 +48,8 @@ class ClassificationData:
             of every output (binary, multi-label) or an example of every class (multi-class), patients being
             moved from training to validation when the stratified split leaves one out; a multi-label
             finding for which that is impossible is left out of the validation AUC (logged), and when no
-            output can be validated the error says so. ``0``: no validation, a fixed schedule, and the
-            model of the last epoch is the one saved.
+            output can be validated the error says so. ``0``: no validation (a datalist's validation list
+            then trains too), a fixed schedule, and the model of the last epoch is the one saved.
         check_files: check that every image file exists.
 
     Attributes:
@@ -107,7 +107,7 @@ class ClassificationData:
             self._check(validation, "validation", check_files)
         self.test_items = self._check(list(dl.get("test") or []), "test", check_files, allow_empty=True)
         budget = f"the labels at label_fraction={self.label_fraction} (seed {seed})"
-        if validation and self.label_fraction >= 1.0:
+        if validation and self.label_fraction >= 1.0 and self.val_fraction > 0:
             self.train_items, self.val_items = self._with_ids(training), self._with_ids(validation)
             logger.info("validation: the datalist's validation list (%d entries)", len(validation))
         else:
