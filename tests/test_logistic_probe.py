@@ -154,6 +154,6 @@ def test_bundle_probe_never_sees_the_test_list(tmp_path):
     state_a, info_a = _train_bundle(tmp_path / "a", tmp_path / "a.json")
     state_b, info_b = _train_bundle(tmp_path / "b", tmp_path / "b.json")
     assert info_a["probe"]["fits"] == info_b["probe"]["fits"] and info_a["n_labels"] == 48 == info_a["probe"]["n_labelled"]
-    assert info_a["linear_solver"] == "lbfgs" and info_a["n_labels"] == info_a["n_train"] + info_a["n_val"]
+    assert info_a["linear_solver"] == "lbfgs" and info_a["n_labels"] == info_a["n_train"] and info_a["n_val"] == 0
     for key in state_a:
         assert torch.equal(state_a[key], state_b[key]), key

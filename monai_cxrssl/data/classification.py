@@ -119,7 +119,7 @@ class ClassificationData:
                 self.train_items, self.val_items = self._carve_validation(labelled, budget)
             else:
                 self.train_items, self.val_items = labelled, []
-                logger.info("val_fraction=0: no validation; the model of the last epoch is kept")
+                logger.info("no validation set (val_fraction=0): every labelled entry trains")
         y = check_targets(self.train_items, self.task, self.num_outputs, uncertain, f"{self.source}:training")
         self._require_both_classes(y, f"the training labels at label_fraction={self.label_fraction} (seed {seed})")
         self.pos_weight = positive_weights(y)

@@ -332,7 +332,7 @@ def _test_signature(data) -> dict:
     return {"images": [str(e["image"]) for e in items], "patients": [str(e.get("patient_id", "")) for e in items]}
 
 
-def _check_data(source: dict, fractions, seeds, data_options: dict) -> dict:
+def _check_data(source: dict, fractions, seeds, data_options: dict, validated: bool = True) -> dict:
     """Build :class:`ClassificationData` for every (fraction, seed); return a description of the test set."""
     from monai_cxrssl.data import ClassificationData
 
@@ -341,8 +341,9 @@ def _check_data(source: dict, fractions, seeds, data_options: dict) -> dict:
     for f in fractions:
         for s in seeds:
             try:
+                options = data_options if validated else {**data_options, "val_fraction": 0.0}
                 data = ClassificationData(dataset_dir=source["dataset_dir"] or None, datalist=source["datalist"] or None,
-                                          demo_dir=source["demo_dir"], label_fraction=f, seed=s, **data_options)
+                                          demo_dir=source["demo_dir"], label_fraction=f, seed=s, **options)
             except (CXRSSLError, ValueError, OSError) as e:
                 raise StudyError(f"the data cannot be drawn at label fraction {f} with seed {s}: {e}") from None
             signature = _test_signature(data)
@@ -875,7 +876,10 @@ def run_study(
     init_paths = _normalise_inits(inits)
     init_info = _check_inits(init_paths, backbone)
     data_options = {k: extra[k] for k in ("task", "uncertain", "val_fraction") if k in extra}
-    test_info = _check_data(source, fractions, seeds, data_options)
+    # runs that validate (fine-tuning, the adamw probe) draw a validation set from their labels; the
+    # logistic probe's cross-validation is its model selection (every labelled entry trains)
+    validated = "finetune" in modes or linear_solver != "lbfgs"
+    test_info = _check_data(source, fractions, seeds, data_options, validated=validated)
     _say(f"data: {test_info['source']}: task {test_info['task']}, {test_info['n_test']} test images; "
          f"{len(fractions)} fraction(s) x {len(seeds)} seed(s) drawn and checked")
 
