@@ -98,11 +98,13 @@ All of it is :func:`monai_cxrssl.evaluation.stats.seed_averaged_bootstrap`, appl
 :func:`study_statistics`. p-values are not corrected for the number of comparisons.
 
 **Outputs** in ``STUDY_DIR``: ``results.json`` (the study's settings, every run's settings, wall
-time and test AUC, the aggregated table), ``table.md`` (init | mode | fraction | n seeds | AUC mean ±
-SD | 95% CI | Δ vs random [95% CI] | p; printed at the end), for a multi-label or multi-class task
-``per_finding.md`` (each finding's AUC with its CI and paired difference; findings with fewer than
-``--min-test-positives`` test positives or negatives left out, listed with the reason) and ``auc_vs_fraction.png`` (AUC vs
-label fraction on a log axis, one line per init x mode, 95% CI error bars).
+time, labels used and test AUC, the aggregated table), ``table.md`` (init | mode | fraction | labels
+(patients) | n seeds | AUC mean ± SD | 95% CI | Δ vs random [95% CI] | p | verdict; printed at the
+end), for a multi-label or multi-class task ``per_finding.md`` (each finding's AUC with its CI and
+paired difference; findings with fewer than ``--min-test-positives`` test positives or negatives are
+left out of it and of the macro AUC, listed with the reason), and ``auc_vs_fraction.png`` (AUC vs
+label fraction on a log axis with the labels used under each tick, one line per init x mode, 95% CI
+error bars).
 
 References:
 
