@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,13 @@ def read_checkpoint(path: str | os.PathLike, expected_format: str | None = None)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain types only: a file someone hands in must not run code when it is read
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read safely: it is corrupt, or it holds objects other "
+                              "than tensors and plain Python types, which are refused because unpickling them can "
+                              "run arbitrary code; if you trust the file, re-save its state dict with plain types"
+                              ) from None
     except Exception as e:  # truncated or not a torch file
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
     if expected_format is not None:
