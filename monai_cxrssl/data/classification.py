@@ -152,10 +152,7 @@ class ClassificationData:
         val_ids = {id(e) for e in split["validation"]}
         in_val[[i for i, e in enumerate(labelled) if id(e) in val_ids]] = True
         y = check_targets(labelled, self.task, self.num_outputs, self.uncertain, f"{self.source}:labelled")
-        if self.task == "multiclass":  # one-hot rows: a class is usable when it occurs (its rest are negatives)
-            cols = range(self.num_outputs)
-        else:
-            cols = range(y.shape[1])
+        cols = range(y.shape[1])  # multi-class: one-hot columns, a class with its negatives in the others
         names = (self.classes if self.task != "binary" else [self.classes[-1] if self.classes else "positive"])
         order = np.random.default_rng(self.seed).permutation(len(labelled))
         members: dict[str, list[int]] = {}

@@ -842,8 +842,10 @@ def run_study(
     seeds = _unique(seeds, "--seeds", int)
     if any(s < 0 for s in seeds):
         raise StudyError(f"--seeds must be non-negative integers, got {seeds}")
-    if linear_solver not in ("lbfgs", "adamw"):
-        raise StudyError(f"--linear-solver: expected 'lbfgs' or 'adamw', got {linear_solver!r}")
+    from monai_cxrssl.engines.classification import LINEAR_SOLVERS
+
+    if linear_solver not in LINEAR_SOLVERS:
+        raise StudyError(f"--linear-solver: expected one of {LINEAR_SOLVERS}, got {linear_solver!r}")
     epochs = {"linear": _positive(epochs_linear, "--epochs-linear", int),
               "finetune": _positive(epochs_finetune, "--epochs-finetune", int)}
     lrs = {"linear": _positive(lr_linear, "--lr-linear"), "finetune": _positive(lr_finetune, "--lr-finetune")}
@@ -1042,6 +1044,8 @@ def run_study(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from monai_cxrssl.engines.classification import LINEAR_SOLVERS
+
     p = argparse.ArgumentParser(
         prog="python -m monai_cxrssl.experiments.label_efficiency",
         description="Label-efficiency study: the cxr_classifier bundle for every init x mode x label fraction x seed, "
@@ -1056,7 +1060,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--linear-solver", "--linear_solver", dest="linear_solver", choices=("lbfgs", "adamw"),
+    p.add_argument("--linear-solver", "--linear_solver", dest="linear_solver", choices=LINEAR_SOLVERS,
                    default="lbfgs", help="linear probe: logistic regression to convergence with C by cross-validation "
                                          "(lbfgs), or the head by AdamW for --epochs-linear epochs (adamw)")
     p.add_argument("--epochs-linear", "--epochs_linear", dest="epochs_linear", type=int, default=10)
