@@ -135,3 +135,44 @@ def test_disk_cache_is_keyed_by_settings_and_file_and_survives_a_corrupt_entry(t
         ds = CXRCacheDataset(items, _preprocess(16), cache_dir=cache, num_workers=1)
     assert "unreadable" in caplog.text and ds.disk_hits == len(items) - 1
     assert CXRCacheDataset(items, _preprocess(16), cache_dir=cache, num_workers=1).disk_hits == len(items)
+
+
+def test_disk_cache_holds_metatensors_safely_and_refuses_a_planted_pickle(tmp_path, caplog):
+    from monai.data import MetaTensor
+
+    from monai_cxrssl.data.dataset import from_cache_record, to_cache_record
+
+    # a MetaTensor (array, metadata, NumPy values, an enum) survives the safe format
+    mt = MetaTensor(torch.arange(6.0).reshape(1, 2, 3), meta={"filename_or_obj": "a.png", "spacing": np.array([0.5, 0.5]),
+                                                              "n": np.int64(3)})
+    item = {"image": mt, "target": np.float32(1.0), "patient_id": "p1"}
+    back = from_cache_record(torch.load(_saved(tmp_path / "r.pt", to_cache_record(item)), weights_only=True))
+    assert isinstance(back["image"], MetaTensor) and torch.equal(back["image"].as_tensor(), mt.as_tensor())
+    assert back["image"].meta["filename_or_obj"] == "a.png" and back["image"].meta["n"] == 3
+    assert np.array_equal(back["image"].meta["spacing"], [0.5, 0.5]) and back["target"] == 1.0
+    with pytest.raises(TypeError, match=r"item\.bad is a object"):
+        to_cache_record({"bad": object()})
+
+    # a cache file replaced by a pickle that would run code is not run: the image is decoded again
+    items = [{"image": _png(tmp_path / f"im{i}.png", value=40 * i)} for i in range(2)]
+    cache = tmp_path / "cache"
+    ds = CXRCacheDataset(items, _preprocess(16), cache_dir=cache, num_workers=1)
+    marker = tmp_path / "pwned"
+    torch.save({"x": _Exploit(str(marker))}, ds._disk_path(items[0]))
+    with caplog.at_level(logging.WARNING):
+        ds = CXRCacheDataset(items, _preprocess(16), cache_dir=cache, num_workers=1)
+    assert not marker.exists() and "unreadable" in caplog.text and ds.disk_hits == 1
+    assert round(float(ds[1]["image"].max()) * 255) == 40
+
+
+class _Exploit:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # unpickling this would create the marker file
+        return (open, (self.path, "w"))
+
+
+def _saved(path, obj):
+    torch.save(obj, path)
+    return path

@@ -8,11 +8,14 @@ the embedded SYNTHETIC demo phantoms. Entries are checked up front (keys, files)
 training starts): a corrupt file fails there, naming the file, or, with
 ``skip_unreadable=True``, is dropped with a logged count. Epochs then read tensors from memory.
 With a ``cache_dir`` the preprocessed tensors are also kept on disk (MONAI ``PersistentDataset``
-style), so the next run at the same settings skips decoding too.
+style), so the next run at the same settings skips decoding too. The files hold tensors and plain
+Python values only (a ``MetaTensor`` is stored as its array and its metadata) and are read with
+``torch.load(weights_only=True)``: a file planted in the cache folder cannot run code.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import logging
@@ -20,11 +23,12 @@ import os
 from pathlib import Path
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from monai.data import CacheDataset
+from monai.data import CacheDataset, MetaTensor
 from monai.transforms import Compose, RandomizableTrait, Transform
 
 from monai_cxrssl.data.datalist import build_datalist, check_datalist, datalist_from_image_folder, load_datalist
@@ -37,6 +41,11 @@ from monai_cxrssl.utils import as_bool
 __all__ = ["resolve_datalist", "training_items", "inference_items", "CXRCacheDataset", "ssl_dataloader"]
 
 logger = logging.getLogger(__name__)
+
+#: version of the disk cache's file format; part of every file's name, so that files of another format are not read
+CACHE_FORMAT = 2
+_META = "__cxrssl_metatensor__"
+_NDARRAY = "__cxrssl_ndarray__"
 
 
 def resolve_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str | os.PathLike | None = None,
@@ -152,7 +161,7 @@ class CXRCacheDataset(CacheDataset):
         if isinstance(image, (str, os.PathLike)) and os.path.exists(image):
             st = os.stat(image)
             stat = (st.st_size, st.st_mtime_ns)
-        blob = json.dumps([item, stat, self._transform_key], sort_keys=True, default=str).encode()
+        blob = json.dumps([item, stat, self._transform_key, CACHE_FORMAT], sort_keys=True, default=str).encode()
         return self.cache_dir / f"{hashlib.sha256(blob).hexdigest()}.pt"
 
     def _load_cache_item(self, idx: int):
@@ -161,15 +170,20 @@ class CXRCacheDataset(CacheDataset):
         path = self._disk_path(self.data[idx])
         if path.is_file():
             try:
-                # our own files (MetaTensors included), trusted like a checkpoint, as in MONAI's PersistentDataset
-                item = torch.load(path, map_location="cpu", weights_only=False)
+                # tensors and plain values only: a file planted in the cache cannot run code when read
+                item = from_cache_record(torch.load(path, map_location="cpu", weights_only=True))
                 self.disk_hits += 1
                 return item
-            except Exception as e:  # truncated or foreign file: decode again and overwrite it
+            except Exception as e:  # truncated, foreign or unsafe file: decode again and overwrite it
                 logger.warning("disk cache file %s is unreadable (%s); decoding the image again", path, e)
         item = self._decode_item(idx)
         if item is not None:
-            atomic_save(item, path)
+            try:
+                record = to_cache_record(item)
+            except TypeError as e:  # something the safe format cannot hold: keep the item in memory only
+                logger.warning("item %d is kept in memory only, not in the disk cache: %s", idx, e)
+            else:
+                atomic_save(record, path)
         return item
 
     def _decode_item(self, idx: int):
@@ -198,6 +212,52 @@ class CXRCacheDataset(CacheDataset):
         self.cache_num = len(self._cache)
         logger.warning("skipped %d unreadable image(s) of %d; first: %s", n_bad, n_bad + len(keep),
                        "; ".join(self.unreadable[:3]))
+
+
+def to_cache_record(x, where: str = "item"):
+    """``x`` as tensors and plain Python values that ``torch.load(weights_only=True)`` reads back.
+
+    A ``MetaTensor`` becomes its array, metadata and applied operations; a NumPy array a tensor; NumPy
+    scalars, enums and paths plain values. Anything else raises ``TypeError`` naming where it is.
+    """
+    if isinstance(x, MetaTensor):
+        return {_META: True, "array": x.as_tensor(), "meta": to_cache_record(dict(x.meta), f"{where}.meta"),
+                "applied_operations": to_cache_record(list(x.applied_operations), f"{where}.applied_operations")}
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            raise TypeError(f"{where} is a NumPy array of Python objects")
+        return {_NDARRAY: True, "array": torch.from_numpy(np.ascontiguousarray(x))}
+    if isinstance(x, enum.Enum):
+        return to_cache_record(x.value, where)
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (str, int, float, bool, type(None))):
+        return x
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    if isinstance(x, dict):
+        if not all(isinstance(k, (str, int)) for k in x):
+            raise TypeError(f"{where} has keys that are not strings or integers")
+        return {k: to_cache_record(v, f"{where}.{k}") for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_cache_record(v, f"{where}[{i}]") for i, v in enumerate(x))
+    raise TypeError(f"{where} is a {type(x).__qualname__}, which the disk cache does not store")
+
+
+def from_cache_record(x):
+    """The item :func:`to_cache_record` stored (MetaTensors and NumPy arrays rebuilt)."""
+    if isinstance(x, dict):
+        if x.get(_META) is True:
+            return MetaTensor(x["array"], meta=from_cache_record(x["meta"]),
+                              applied_operations=from_cache_record(x["applied_operations"]))
+        if x.get(_NDARRAY) is True:
+            return x["array"].numpy()
+        return {k: from_cache_record(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(from_cache_record(v) for v in x)
+    return x
 
 
 def _transform_fingerprint(transform) -> str:

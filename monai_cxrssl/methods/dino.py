@@ -30,8 +30,18 @@ from monai_cxrssl.networks.backbones import Backbone
 from monai_cxrssl.networks.heads import DINOHead
 from monai_cxrssl.networks.momentum import cosine_schedule, momentum_copy, update_momentum
 
-__all__ = ["DINO"]
+__all__ = ["DINO", "local_crop_size"]
 
+
+def local_crop_size(image_size: int, ratio: float = 96 / 224, multiple: int = 16) -> int:
+    """DINO's local crop size for global crops of ``image_size``: the paper's 96/224 ratio, rounded to ``multiple``.
+
+    224 -> 96 (the paper), 128 -> 48, 64 -> 32; at least ``multiple``.
+    """
+    if int(image_size) < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    m = int(multiple)
+    return max(m, int(round(float(ratio) * int(image_size) / m)) * m)
 
 class DINO(SSLMethod):
     """DINO.
