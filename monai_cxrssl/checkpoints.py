@@ -12,6 +12,7 @@ Two kinds, both plain ``torch.save`` dictionaries with a ``format`` tag:
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from monai_cxrssl.exceptions import CheckpointError
-from monai_cxrssl.utils import atomic_write
+from monai_cxrssl.utils import atomic_write, check_free_space
 
 __all__ = ["SSL_CHECKPOINT", "BACKBONE_EXPORT", "atomic_save", "read_checkpoint", "load_backbone_weights", "strip_prefixes",
            "file_sha256", "initialisation_chain"]
@@ -30,9 +31,17 @@ BACKBONE_EXPORT = "monai_cxrssl/backbone"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` atomically (see :func:`monai_cxrssl.utils.atomic_write`)."""
+    """``torch.save`` atomically (see :func:`monai_cxrssl.utils.atomic_write`).
+
+    The file is serialised in memory first, so that a disk without room for it is an ``OSError`` naming the file,
+    its size and the free space before anything is written (the previous file, if any, stays intact).
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getbuffer()
+    check_free_space(Path(path).parent, data.nbytes, f"'{Path(path).name}'")
     with atomic_write(path) as f:
-        torch.save(obj, f)
+        f.write(data)
     return Path(path)
 
 

@@ -3,13 +3,69 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "as_bool"]
+__all__ = ["atomic_write", "as_bool", "check_free_space", "remove_stale_temporaries", "format_bytes"]
+
+logger = logging.getLogger(__name__)
+
+#: the temporary files of :func:`atomic_write` (``mkstemp(prefix=".NAME.", suffix=".tmp")``)
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KB'`` (powers of 1024)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``what``, the folder, the space needed and the space free, if it lacks room.
+
+    ``folder`` (or its nearest existing parent) is where the file will be written.
+    """
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"not enough disk space for {what} in '{folder}': it needs about "
+                                    f"{format_bytes(needed)}, and the disk holding it has {format_bytes(free)} free; "
+                                    f"free some space or write elsewhere")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` leaves when its process is killed mid-write.
+
+    Call it when a run starts, before anything writes in ``folder``; returns the files removed (logged).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and _TEMPORARY.match(p.name):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError as e:
+                logger.warning("could not remove the leftover temporary file %s: %s", p, e)
+    if removed:
+        logger.warning("removed %d temporary file(s) left by an interrupted write in %s: %s", len(removed), folder,
+                       ", ".join(p.name for p in removed[:5]))
+    return removed
 
 
 @contextlib.contextmanager
@@ -29,9 +85,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0o600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(errno.ENOSPC, f"could not write '{path}': no space left on the disk holding it "
+                                        f"({format_bytes(written)} written before the failure, "
+                                        f"{format_bytes(free)} free now); the previous file, if any, is intact"
+                          ) from e
         raise
 
 

@@ -26,7 +26,7 @@ def _items(n=12, size=32, nan_at=None):
     return items
 
 
-def _run(out_dir, epochs, resume=False, items=None, backbone="resnet10", seed=0):
+def _run(out_dir, epochs, resume=False, items=None, backbone="resnet10", seed=0, metadata=None):
     set_determinism(seed=seed)
     method = SimCLR(build_backbone(backbone, widen_factor=0.25), hidden_dim=32, out_dim=16, temperature=0.2)
     opt = torch.optim.AdamW(method.parameters(), lr=1e-3)
@@ -35,7 +35,7 @@ def _run(out_dir, epochs, resume=False, items=None, backbone="resnet10", seed=0)
     from monai.handlers import LrScheduleHandler
 
     handlers = [LrScheduleHandler(sched, epoch_level=False, print_lr=False),
-                SSLCheckpoint(out_dir, method, opt, sched, resume=resume)]
+                SSLCheckpoint(out_dir, method, opt, sched, resume=resume, metadata=metadata)]
     trainer = SSLTrainer("cpu", epochs, loader, method, opt, CXRViewAugment(out_size=32), seed=seed,
                          precision="fp32", handlers=handlers)
     trainer.run()
@@ -73,6 +73,18 @@ def test_resume_with_another_backbone_fails_before_training(tmp_path):
     _run(tmp_path, epochs=1)
     with pytest.raises(CheckpointError, match="backbone"):
         _run(tmp_path, epochs=2, resume=True, backbone="resnet18")
+
+
+def test_resume_with_other_data_or_settings_fails_before_training_naming_them(tmp_path):
+    _run(tmp_path, epochs=1, metadata={"image_size": 32, "datalist": "a.json"})
+    saved = read_checkpoint(tmp_path / "checkpoint.pt")["fingerprint"]
+    assert saved["n_items"] == 12 and saved["batch_size"] == 4 and saved["iterations_per_epoch"] == 3
+    with pytest.raises(CheckpointError, match=r"image_size: 32 in the checkpoint, 64 now"):
+        _run(tmp_path, epochs=2, resume=True, metadata={"image_size": 64, "datalist": "a.json"})
+    with pytest.raises(CheckpointError, match=r"n_items: 12 in the checkpoint, 16 now.*training images differ"):
+        _run(tmp_path, epochs=2, resume=True, items=_items(16), metadata={"image_size": 32, "datalist": "a.json"})
+    trainer, _ = _run(tmp_path, epochs=2, resume=True, metadata={"image_size": 32, "datalist": "a.json"})
+    assert trainer.state.epoch == 2  # the same data and settings resume
 
 
 def test_resume_from_missing_or_corrupt_checkpoint(tmp_path):
@@ -148,3 +160,59 @@ def test_a_training_checkpoint_gives_the_exported_backbone(tmp_path):
     load_backbone_weights(backbone, tmp_path / "checkpoint.pt")
     teacher = method.export_backbone().state_dict()
     assert all(torch.equal(v, teacher[k]) for k, v in backbone.state_dict().items())
+
+
+def test_leftover_temporaries_are_removed_at_the_next_start(tmp_path):
+    # a kill -9 inside a checkpoint write leaves atomic_write's temporary file behind
+    (tmp_path / "models").mkdir(parents=True)
+    stale = [tmp_path / ".checkpoint.pt.k3j_9x0a.tmp", tmp_path / "models" / ".backbone.pt.abcdefgh.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    keep = tmp_path / "notes.tmp"  # not one of ours
+    keep.write_text("mine")
+    _run(tmp_path, epochs=1)
+    assert not any(p.exists() for p in stale) and keep.exists()
+    assert sorted(p.name for p in tmp_path.rglob("*.tmp")) == ["notes.tmp"]
+
+
+def test_a_full_disk_is_named_before_training_and_at_a_failed_write(tmp_path, monkeypatch):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import monai_cxrssl.utils as utils
+    from monai_cxrssl.checkpoints import atomic_save
+
+    usage = namedtuple("usage", "total used free")
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(utils.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 4096, 4096))
+    with pytest.raises(OSError, match=r"not enough disk space for this run's checkpoint .* needs about .* 4.0 KB free"):
+        _run(tmp_path / "run", epochs=1, items=_items(8))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    # a single file that does not fit: refused before writing, naming the file; the old file stays
+    (tmp_path / "old.pt").write_bytes(b"old")
+    with pytest.raises(OSError, match=r"'old.pt' in .* needs about 4\d\.\d KB, and the disk holding it has 4.0 KB free"):
+        atomic_save({"w": torch.zeros(10_000)}, tmp_path / "old.pt")
+    assert (tmp_path / "old.pt").read_bytes() == b"old"
+    monkeypatch.setattr(utils.shutil, "disk_usage", real_usage)
+    # the disk fills up during the write (another process): ENOSPC names the file, no temporary is left
+    real_fdopen = utils.os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, b):
+            self.f.write(bytes(b)[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(utils.os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
+    with pytest.raises(OSError, match=r"could not write '.*old.pt': no space left .*100 B written before the failure"):
+        atomic_save({"w": torch.zeros(10_000)}, tmp_path / "old.pt")
+    assert (tmp_path / "old.pt").read_bytes() == b"old" and not list(tmp_path.glob(".old.pt.*"))

@@ -204,11 +204,14 @@ def test_statistics_multilabel_macro_and_mismatched_test_lists(tmp_path):
     # a finding with too few test positives is left out of the macro AUC, with the reason
     rare = y.copy()
     rare[:, 1] = np.where(np.isnan(y[:, 1]), np.nan, 0.0)
-    rare[[0, 1], 1] = 1.0  # finding b: 2 test positives
+    rare[[0, 1, 2, 3], 1] = 1.0  # finding b: 4 positive test images, but of 2 patients (p000, p001)
     assert min(np.sum(y[:, 0] == 1), np.sum(y[:, 0] == 0)) >= 3
     stats = study_statistics(_study(tmp_path / "rare", runs, patients, rare, names), n_resamples=100,
                              min_test_positives=3)
-    assert stats["test_set"]["included"] == ["a"] and "fewer than min_test_positives" in stats["test_set"]["excluded"]["b"]
+    # patients are counted (the bootstrap resamples patients), not images
+    assert stats["test_set"]["included"] == ["a"]
+    assert "2 positive and 28 negative test patient(s) (4 and 56 images), fewer than min_test_positives=3" \
+        in stats["test_set"]["excluded"]["b"]
     p = runs[RunSpec("ssl", "finetune", 0.5, 0)]
     assert next(r for r in stats["rows"] if r["init"] == "ssl")["per_seed_auc"][0] == pytest.approx(
         roc_auc_score(y[:, 0], p[:, 0]))

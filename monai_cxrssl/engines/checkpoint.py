@@ -4,8 +4,10 @@
 at the end: the network's whole state (for SSL: backbone, heads, momentum encoders, queues,
 centres), optimiser, scheduler, epoch and iteration, the fp16 loss scaler (the engine's
 ``grad_scaler``), the state of any other stateful handler (best score, early-stopping counter),
-and what identifies the run (method, backbone spec), which is checked on resume before any
-training. All files are written atomically, by rank 0 only in a multi-process run (every rank
+and what identifies the run (method, backbone spec) and its data and settings (the handler's
+``metadata``, the training items, batch size and iterations per epoch: :meth:`TrainingCheckpoint.fingerprint`),
+which are checked on resume before any training: resuming with another datalist or image size is an error
+naming what differs. All files are written atomically, by rank 0 only in a multi-process run (every rank
 resumes from them).
 
 - :class:`SSLCheckpoint` also exports ``models/model.pt`` (the method's state dict, the bundle's
@@ -15,10 +17,11 @@ resumes from them).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -29,7 +32,7 @@ import monai_cxrssl
 from monai_cxrssl.distributed import is_main_process
 from monai_cxrssl.checkpoints import BACKBONE_EXPORT, SSL_CHECKPOINT, atomic_save, check_backbone_spec, read_checkpoint
 from monai_cxrssl.exceptions import CheckpointError
-from monai_cxrssl.utils import as_bool
+from monai_cxrssl.utils import as_bool, check_free_space, remove_stale_temporaries
 
 __all__ = ["TrainingCheckpoint", "SSLCheckpoint", "ClassifierCheckpoint", "CLASSIFIER_CHECKPOINT"]
 
@@ -72,9 +75,27 @@ class TrainingCheckpoint:
         return self.save_dir / "checkpoint.pt"
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.prepare)
         engine.add_event_handler(Events.STARTED, self.maybe_resume)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def estimated_bytes(self) -> int:
+        """About how much disk one save takes: the checkpoint (network, optimiser state) and the exported models."""
+        model = sum(t.numel() * t.element_size() for t in self.network.state_dict().values()
+                    if isinstance(t, torch.Tensor))
+        params = sum(p.numel() * p.element_size() for p in self.network.parameters() if p.requires_grad)
+        optimiser = sum(t.numel() * t.element_size() for st in self.optimizer.state.values() for t in st.values()
+                        if isinstance(t, torch.Tensor)) or 2 * params  # not stepped yet: Adam keeps two moments
+        return int(1.1 * (2 * model + optimiser))
+
+    def prepare(self, engine: Engine) -> None:
+        """Before training: remove temporaries left by a killed write, and check there is room for a checkpoint."""
+        if not is_main_process():
+            return
+        for folder in (self.save_dir, self.save_dir / "models"):
+            remove_stale_temporaries(folder)
+        check_free_space(self.save_dir, self.estimated_bytes(), "this run's checkpoint and exported models")
 
     # ------------------------------------------------------------------- what subclasses define
     def identity(self) -> dict:
@@ -83,6 +104,48 @@ class TrainingCheckpoint:
 
     def export(self, engine: Engine, common: dict) -> None:
         """Write further files after each save."""
+
+    def fingerprint(self, engine: Engine) -> dict:
+        """What a resumed run must share with the saved one besides :meth:`identity`: the ``metadata`` (data
+        source, image size, seed...), the training items (count and a SHA-256 of their image paths), the batch size
+        and the iterations per epoch (which also change with the number of processes)."""
+        fp: dict = {"metadata": self.metadata}
+        loader = getattr(engine, "data_loader", None)
+        data = getattr(getattr(loader, "dataset", None), "data", None)
+        if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+            fp["n_items"] = len(data)
+            names = [d.get("image") if isinstance(d, Mapping) else None for d in data]
+            if names and all(isinstance(n, (str, os.PathLike)) for n in names):  # image files (not in-memory arrays)
+                fp["items_sha256"] = hashlib.sha256("\n".join(map(os.fspath, names)).encode()).hexdigest()
+        if getattr(loader, "batch_size", None) is not None:
+            fp["batch_size"] = int(loader.batch_size)
+        try:
+            fp["iterations_per_epoch"] = len(loader)
+        except TypeError:
+            pass
+        return fp
+
+    def _check_fingerprint(self, ckpt: dict, path: Path, engine: Engine) -> None:
+        saved = ckpt.get("fingerprint")
+        if saved is None:  # a checkpoint from before fingerprints: nothing to compare
+            logger.warning("checkpoint '%s' records no data/settings fingerprint; resuming without checking them", path)
+            return
+        now = self.fingerprint(engine)
+        diff = {}
+        for key in sorted(set(saved.get("metadata", {})) | set(now.get("metadata", {}))):
+            a, b = saved.get("metadata", {}).get(key), now.get("metadata", {}).get(key)
+            if a != b:
+                diff[key] = (a, b)
+        for key in ("n_items", "items_sha256", "batch_size", "iterations_per_epoch"):
+            if key in saved and key in now and saved[key] != now[key]:
+                diff[key] = (saved[key], now[key])
+        if diff:
+            what = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+            hint = (" (the training images differ: another datalist, folder or skip_unreadable result)"
+                    if "items_sha256" in diff or "n_items" in diff else "")
+            raise CheckpointError(f"checkpoint '{path}' was made with other data or settings than this run, so it "
+                                  f"cannot be resumed exactly: {what}{hint}; run with the checkpoint's settings, or "
+                                  f"start afresh in another output_dir")
 
     # ------------------------------------------------------------------------------- saving
     def _common(self, engine: Engine) -> dict:
@@ -109,6 +172,7 @@ class TrainingCheckpoint:
             "grad_scaler": scaler.state_dict() if (scaler := getattr(engine, "grad_scaler", None)) else None,
             "seed": getattr(engine, "seed", None),
             "torch_rng": torch.get_rng_state(),
+            "fingerprint": self.fingerprint(engine),
         }
         atomic_save(state, self.checkpoint_path)
         self.export(engine, common)
@@ -135,6 +199,7 @@ class TrainingCheckpoint:
                 check_backbone_spec(found or {}, expected, str(path))
             elif found != expected:
                 raise CheckpointError(f"checkpoint '{path}' has {key} {found!r}; this run has {expected!r}")
+        self._check_fingerprint(ckpt, path, engine)
         try:
             self.network.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as e:

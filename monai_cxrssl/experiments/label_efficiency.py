@@ -458,9 +458,10 @@ def study_statistics(predictions: Mapping[RunSpec | tuple, str | os.PathLike], *
         confidence: coverage of the intervals.
         seed: seed of the bootstrap.
         reference: the init every other init is compared with (same mode, fraction, seed).
-        min_test_positives: multi-label and multi-class: an output with fewer test positives (or
-            negatives) is left out of the macro AUC and of the per-finding table, listed with the reason
-            in ``test_set["excluded"]``; a single positive gives an AUC, not a usable interval.
+        min_test_positives: multi-label and multi-class: an output with fewer positive (or negative) test
+            *patients* (images when the test list has no patient ids) is left out of the macro AUC and of the
+            per-finding table, listed with the reason in ``test_set["excluded"]``; a single positive gives an
+            AUC, not a usable interval, and the bootstrap resamples patients.
 
     Returns:
         ``{"rows": [...], "runs": [...], "test_set": {...}, "bootstrap": {...}, "notes": [...]}``:
@@ -501,11 +502,14 @@ def study_statistics(predictions: Mapping[RunSpec | tuple, str | os.PathLike], *
     binary = y.shape[1] == 1
     too_few = {}
     if not binary:
+        ids = np.asarray(groups if groups is not None else np.arange(len(y)), dtype=object)
         for k, name in enumerate(ref["outputs"]):
-            n_pos, n_neg = int((y[known[:, k], k] == 1).sum()), int((y[known[:, k], k] == 0).sum())
+            pos, neg = known[:, k] & (y[:, k] == 1), known[:, k] & (y[:, k] == 0)
+            # the bootstrap resamples patients: a finding seen in 5 images of 2 patients has 2 positives to resample
+            n_pos, n_neg = len(set(ids[pos])), len(set(ids[neg]))
             if min(n_pos, n_neg) < int(min_test_positives):
-                too_few[name] = (f"{n_pos} positive and {n_neg} negative test label(s), fewer than "
-                                 f"min_test_positives={int(min_test_positives)}")
+                too_few[name] = (f"{n_pos} positive and {n_neg} negative test patient(s) ({int(pos.sum())} and "
+                                 f"{int(neg.sum())} images), fewer than min_test_positives={int(min_test_positives)}")
                 known[:, k] = False
     y_per_output, known_per_output = y, known.copy()
     if binary:
@@ -815,7 +819,7 @@ def run_study(
         n_resamples: bootstrap resamples of the study's statistics (shared by all runs).
         eval_resamples: bootstrap resamples of each run's own ``eval/metrics.json``.
         confidence, bootstrap_seed: of the study's intervals.
-        min_test_positives: multi-label / multi-class: outputs with fewer test positives (or negatives)
+        min_test_positives: multi-label / multi-class: outputs with fewer positive (or negative) test patients
             are left out of the macro AUC and the per-finding table, listed with the reason.
         overrides: any other classifier-bundle setting, as ``["key=value"]`` or a dict (``--set``).
         allow_demo: allow the SYNTHETIC demo data when no data are given (smoke tests only).
@@ -1077,8 +1081,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--bootstrap-seed", "--bootstrap_seed", dest="bootstrap_seed", type=int, default=0)
     p.add_argument("--min-test-positives", "--min_test_positives", dest="min_test_positives", type=int, default=5,
-                   help="multi-label/multi-class: outputs with fewer test positives (or negatives) are left out of "
-                        "the macro AUC, with the reason")
+                   help="multi-label/multi-class: outputs with fewer positive (or negative) test patients are left "
+                        "out of the macro AUC, with the reason")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any other classifier-bundle setting, e.g. --set patience=3 --set device=cuda")
     p.add_argument("--allow-demo", "--allow_demo", dest="allow_demo", action="store_true",
