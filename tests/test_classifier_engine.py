@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
 from sklearn.metrics import roc_auc_score
 
 from monai_cxrssl.data.views import CXRViewAugment
@@ -136,3 +137,24 @@ def test_a_finetuned_classifier_exports_its_backbone_as_supervised_pretraining(t
     probe = CXRClassifier(build_backbone("resnet10", widen_factor=0.25), 1, mode="linear")
     BestModelHandler(tmp_path / "probe", probe, info={}).save({"best_epoch": None})
     assert not (tmp_path / "probe" / "models" / "backbone.pt").exists()
+
+
+def test_a_non_finite_classifier_loss_stops_training_at_once():
+    from monai.engines import SupervisedTrainer
+
+    from monai_cxrssl.engines import NonFiniteLossCheck
+    from monai_cxrssl.exceptions import NonFiniteLossError
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    images = torch.rand(8, 1, 4, 4)
+    images[5] = float("nan")  # one bad image in the second batch
+    data = [{"image": images[i], "target": torch.ones(1)} for i in range(8)]
+    seen = []
+    trainer = SupervisedTrainer("cpu", 3, torch.utils.data.DataLoader(data, batch_size=4), net,
+                                torch.optim.SGD(net.parameters(), lr=0.1), torch.nn.BCEWithLogitsLoss(),
+                                prepare_batch=lambda b, device=None, non_blocking=False, **k: (b["image"], b["target"]),
+                                train_handlers=[NonFiniteLossCheck()], decollate=False)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.iteration))
+    with pytest.raises(NonFiniteLossError, match=r"classifier loss is nan at epoch 1, iteration 2"):
+        trainer.run()
+    assert seen == [1]  # handlers after it never saw the NaN iteration

@@ -99,6 +99,19 @@ def test_a_budget_too_small_to_validate_is_an_error_that_says_what_to_do(tmp_pat
     assert [e["label"] for e in data.val_items].count(1) == 1 and [e["label"] for e in data.train_items].count(1) == 1
 
 
+def test_a_datalist_validation_list_with_one_class_is_an_error_before_training(tmp_path):
+    # its AUC is undefined: no epoch could be chosen on it (the first would be kept as "best")
+    path, _ = _datalist(tmp_path, n_patients=100, validation=10)
+    dl = json.loads(path.read_text())
+    for e in dl["validation"]:
+        e["label"] = 0
+    path.write_text(json.dumps(dl))
+    with pytest.raises(DatalistError, match=r"validation list \(10 entries\) lacks a positive or a negative example "
+                                            r"of \['yes'\].*val_fraction 0"):
+        ClassificationData(datalist=path, check_files=False)
+    assert ClassificationData(datalist=path, val_fraction=0, check_files=False).val_items == []
+
+
 def test_multilabel_validation_leaves_out_a_finding_it_cannot_validate(tmp_path, caplog):
     path, _ = _datalist(tmp_path, n_patients=200, multilabel=True)
     dl = json.loads(path.read_text())

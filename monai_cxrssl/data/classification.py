@@ -110,6 +110,7 @@ class ClassificationData:
         if validation and self.label_fraction >= 1.0 and self.val_fraction > 0:
             self.train_items, self.val_items = self._with_ids(training), self._with_ids(validation)
             logger.info("validation: the datalist's validation list (%d entries)", len(validation))
+            self._check_validation_list()
         else:
             pool = training + validation  # every labelled entry the datalist offers
             labelled = (pool if self.label_fraction >= 1.0 else
@@ -186,6 +187,21 @@ class ClassificationData:
                     "(val_fraction=%s)", len(val), len(labelled), len({patients[i] for i in np.flatnonzero(in_val)}),
                     len(members), self.val_fraction)
         return train, val
+
+    def _check_validation_list(self) -> None:
+        """The datalist's own validation list must hold a positive and a negative of each output: an AUC needs both
+        (multi-label: outputs without them are left out with a warning; none usable is an error)."""
+        y = check_targets(self.val_items, self.task, self.num_outputs, self.uncertain, f"{self.source}:validation")
+        names = (self.classes if self.task != "binary" else [self.classes[-1] if self.classes else "positive"])
+        bad = [names[k] if k < len(names) else str(k) for k in range(y.shape[1]) if not self._usable(y[:, k])]
+        if bad and (self.task != "multilabel" or len(bad) == y.shape[1]):
+            raise DatalistError(
+                f"'{self.source}': the validation list ({len(self.val_items)} entries) lacks a positive or a negative "
+                f"example of {bad}, so its AUC is undefined and no epoch could be chosen on it; add such entries to "
+                f"the validation list, or set val_fraction 0 (no validation: the model of the last epoch is kept)")
+        if bad:
+            logger.warning("'%s': the validation list has no positive or no negative example of %s; the validation "
+                           "AUC leaves them out", self.source, bad)
 
     def _check(self, items, split, check_files, allow_empty=False):
         if not items:

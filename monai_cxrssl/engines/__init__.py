@@ -1,7 +1,7 @@
 """The SSL trainer on MONAI/Ignite engines, and its handlers and schedules."""
 
-from .classification import (BestModelHandler, ClassificationBatch, ModelSelection, export_torchscript, fit_classifier,
-                             load_trained_classifier)
+from .classification import (BestModelHandler, ClassificationBatch, ModelSelection, NonFiniteLossCheck,
+                             export_torchscript, fit_classifier, load_trained_classifier)
 from .checkpoint import ClassifierCheckpoint, SSLCheckpoint, TrainingCheckpoint
 from .logistic_probe import DEFAULT_CS, LogisticProbe
 from .progress import ProgressHandler, scalar_outputs

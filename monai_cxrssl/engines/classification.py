@@ -25,10 +25,10 @@ from ignite.engine import Engine, Events
 
 from monai_cxrssl.checkpoints import BACKBONE_EXPORT, atomic_save, read_checkpoint
 from monai_cxrssl.data.views import CXRViewAugment
-from monai_cxrssl.exceptions import CheckpointError
+from monai_cxrssl.exceptions import CheckpointError, NonFiniteLossError
 from monai_cxrssl.utils import atomic_write
 
-__all__ = ["ClassificationBatch", "BestModelHandler", "ModelSelection", "fit_classifier", "load_trained_classifier", "export_torchscript", "MODEL_INFO"]
+__all__ = ["ClassificationBatch", "BestModelHandler", "ModelSelection", "NonFiniteLossCheck", "fit_classifier", "load_trained_classifier", "export_torchscript", "MODEL_INFO"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,33 @@ class BestModelHandler:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch, self.bad_rounds = state["best"], state["best_epoch"], int(state["bad_rounds"])
+
+
+class NonFiniteLossCheck:
+    """Stop training at the first non-finite loss with :class:`~monai_cxrssl.exceptions.NonFiniteLossError`.
+
+    Attach to a MONAI ``SupervisedTrainer`` (its output holds ``loss_key``). Without it a NaN would surface only
+    at validation, after an epoch of NaN weights (an AUC of 0.5 or 0 kept as "best"). The SSL trainer checks its
+    loss itself.
+    """
+
+    def __init__(self, loss_key: str = "loss"):
+        self.loss_key = loss_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        out = engine.state.output
+        loss = out.get(self.loss_key) if isinstance(out, dict) else out
+        if loss is None:
+            return
+        loss = torch.as_tensor(loss).detach()
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"classifier loss is {loss.float().mean().item()} at epoch {engine.state.epoch}, iteration "
+                f"{engine.state.iteration}; try a lower learning_rate, precision fp32, or check the input images "
+                f"and labels")
 
 
 class ModelSelection:
