@@ -13,7 +13,7 @@ from monai_cxrssl.data.targets import infer_task
 from monai_cxrssl.evaluation.metrics import MacroAUC
 from monai_cxrssl.exceptions import CheckpointError, DatalistError
 from monai_cxrssl.losses import ClassificationLoss
-from monai_cxrssl.networks import CXRClassifier, build_backbone
+from monai_cxrssl.networks import CXRClassifier, build_backbone, build_classifier
 from monai_cxrssl.networks.weights import init_backbone
 
 
@@ -96,9 +96,26 @@ def test_init_from_outside_state_dict_with_prefixes(tmp_path):
     outside["module.encoder_q.fc.weight"] = torch.zeros(3, 3)  # a head the backbone does not have
     atomic_save({"state_dict": outside}, tmp_path / "outside.pth")
     dst = build_backbone("resnet10", widen_factor=0.25)
-    report = init_backbone(dst, tmp_path / "outside.pth")
+    # a key the backbone lacks is an error by default (it could be another architecture), naming it
+    with pytest.raises(CheckpointError, match=r"1 weight\(s\) the backbone .* does not have, e.g. \['net.fc.weight'\]"
+                                              r".*init_strict false"):
+        init_backbone(dst, tmp_path / "outside.pth")
+    report = init_backbone(dst, tmp_path / "outside.pth", strict="false")
     assert report["format"] == "state_dict" and report["unexpected"] == ["net.fc.weight"]
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    # a key map says how to read the file: then the head is ignored too
+    assert init_backbone(dst, tmp_path / "outside.pth", key_map={"module.encoder_q.": ""})["unexpected"] == [
+        "net.fc.weight"]
+
+
+def test_a_deeper_resnet_state_dict_is_not_loaded_into_a_shallower_one(tmp_path):
+    # every ResNet-18 key exists in a ResNet-34 with the same shape: only the extra keys tell them apart
+    atomic_save(build_backbone("resnet34").state_dict(), tmp_path / "resnet34.pt")
+    with pytest.raises(CheckpointError, match=r"weight\(s\) the backbone .*resnet18.* does not have.*another "
+                                              r"architecture"):
+        build_classifier("resnet18", 1, init_weights=str(tmp_path / "resnet34.pt"))
+    model = build_classifier("resnet18", 1, init_weights=str(tmp_path / "resnet34.pt"), init_strict=False)
+    assert len(model.init_report["unexpected"]) > 50
 
 
 def test_init_refuses_what_would_leave_the_backbone_untrained(tmp_path):

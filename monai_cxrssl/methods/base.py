@@ -30,6 +30,8 @@ class SSLMethod(nn.Module):
             :func:`~monai_cxrssl.networks.init_backbone`). This is two-stage pretraining, not resuming:
             optimiser, schedules and method state start fresh. What was loaded, and where *that* came
             from, is kept in :attr:`init_report` and recorded in every checkpoint and backbone export.
+        init_strict: an outside state dict with keys the backbone does not have is an error (it may be another
+            architecture: a ResNet-34 file loads its first blocks into a ResNet-18); ``False`` ignores them, logged.
     """
 
     name: str = "ssl"
@@ -39,10 +41,10 @@ class SSLMethod(nn.Module):
     #: MICLe makes its second view from another image of the same patient.
     view_keys: tuple[str, ...] | None = None
 
-    def __init__(self, backbone: Backbone, init_weights: str | None = ""):
+    def __init__(self, backbone: Backbone, init_weights: str | None = "", init_strict: bool = True):
         super().__init__()
         self.backbone = backbone
-        self.init_report = init_backbone(backbone, init_weights)
+        self.init_report = init_backbone(backbone, init_weights, strict=init_strict)
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Return at least ``{"loss": scalar}``; other scalars are logged."""

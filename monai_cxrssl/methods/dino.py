@@ -75,8 +75,8 @@ class DINO(SSLMethod):
                  norm_last_layer: bool = True, student_temp: float = 0.1, teacher_temp: float = 0.07,
                  warmup_teacher_temp: float = 0.04, warmup_teacher_temp_iterations: int = 0,
                  center_momentum: float = 0.9, momentum_start: float = 0.996, momentum_end: float = 1.0,
-                 init_weights: str | None = ""):
-        super().__init__(backbone, init_weights)  # before the teacher is copied from it
+                 init_weights: str | None = "", init_strict: bool = True):
+        super().__init__(backbone, init_weights, init_strict)  # before the teacher is copied from it
         if n_local_crops < 0:
             raise ValueError(f"n_local_crops must be >= 0, got {n_local_crops}")
         if not 0.0 <= momentum_start <= momentum_end <= 1.0:

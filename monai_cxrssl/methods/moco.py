@@ -177,8 +177,8 @@ class MoCo(SSLMethod):
     def __init__(self, backbone: Backbone, hidden_dim: int | None = None, out_dim: int = 128,
                  head_batch_norm: bool = False, temperature: float = 0.2, queue_size: int = 4096,
                  momentum: float = 0.999, momentum_schedule: str = "constant", key_splits: int = 2, seed: int = 0,
-                 init_weights: str | None = ""):
-        super().__init__(backbone, init_weights)  # before the key encoder is copied from it
+                 init_weights: str | None = "", init_strict: bool = True):
+        super().__init__(backbone, init_weights, init_strict)  # before the key encoder is copied from it
         if int(queue_size) < 1:
             raise ValueError(f"queue_size must be >= 1 (the number of negative keys kept), got {queue_size}")
         if not 0.0 <= float(momentum) <= 1.0:

@@ -30,8 +30,8 @@ class SimCLR(SSLMethod):
     num_views = 2
 
     def __init__(self, backbone: Backbone, hidden_dim: int = 2048, out_dim: int = 128, temperature: float = 0.1,
-                 init_weights: str | None = ""):
-        super().__init__(backbone, init_weights)
+                 init_weights: str | None = "", init_strict: bool = True):
+        super().__init__(backbone, init_weights, init_strict)
         self.head = ProjectionHead(backbone.out_dim, hidden_dim, out_dim, num_layers=2)
         self.criterion = NTXentLoss(temperature)
 

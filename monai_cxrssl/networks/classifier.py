@@ -77,18 +77,19 @@ class CXRClassifier(nn.Module):
 
 def build_classifier(backbone: str = "resnet18", num_outputs: int = 1, mode: str = "finetune",
                      init_weights: str | None = "random", key_map: dict | None = None, dropout: float = 0.0,
-                     in_channels: int = 1, **backbone_kwargs) -> CXRClassifier:
+                     in_channels: int = 1, init_strict: bool = True, **backbone_kwargs) -> CXRClassifier:
     """A classifier whose backbone is built by name and initialised from ``init_weights``.
 
     ``init_weights``: ``random``, a backbone export / training checkpoint of this project, or an
     outside state dict (see :func:`~monai_cxrssl.networks.weights.init_backbone`). What was loaded
-    is kept in ``classifier.init_report`` (and recorded with the trained model).
+    is kept in ``classifier.init_report`` (and recorded with the trained model). ``init_strict`` (default) makes
+    keys of an outside state dict that the backbone lacks an error, unless ``key_map`` says how to read the file.
     """
     from monai_cxrssl.networks.backbones import build_backbone
     from monai_cxrssl.networks.weights import init_backbone
 
     net = build_backbone(backbone, in_channels=in_channels, **backbone_kwargs)
-    report = init_backbone(net, init_weights, key_map)
+    report = init_backbone(net, init_weights, key_map, strict=init_strict)
     model = CXRClassifier(net, num_outputs=num_outputs, mode=mode, dropout=dropout)
     model.init_report = report
     return model

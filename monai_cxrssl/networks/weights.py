@@ -67,7 +67,7 @@ def map_state_dict(state: Mapping[str, torch.Tensor], target_keys, key_map: Mapp
 
 
 def init_backbone(backbone: nn.Module, weights: str | os.PathLike | None = None,
-                  key_map: Mapping[str, str] | None = None) -> dict:
+                  key_map: Mapping[str, str] | None = None, strict: bool = True) -> dict:
     """Initialise ``backbone`` from ``weights`` and report what happened.
 
     Args:
@@ -78,6 +78,8 @@ def init_backbone(backbone: nn.Module, weights: str | os.PathLike | None = None,
             :mod:`~monai_cxrssl.networks.vit_import`); or any file holding a state dict (possibly
             nested under ``state_dict``/``model``/...), mapped with ``key_map`` and common prefixes.
         key_map: prefix renaming for outside state dicts, e.g. ``{"encoder.": ""}``.
+        strict: an outside state dict with keys the backbone does not have (another architecture, or a head) is an
+            error listing them, unless ``strict`` is false or a ``key_map`` is given; then they are ignored, logged.
 
     Returns:
         ``{"source": ..., "format": ..., "loaded": n, "unexpected": [...], ...}``.
@@ -87,12 +89,14 @@ def init_backbone(backbone: nn.Module, weights: str | os.PathLike | None = None,
     """
     if weights in RANDOM:
         return {"source": "random"}
-    report = _init_backbone(backbone, str(weights), key_map)
+    from monai_cxrssl.utils import as_bool
+
+    report = _init_backbone(backbone, str(weights), key_map, as_bool(strict, "init_strict"))
     report["sha256"] = file_sha256(report["source"])
     return report
 
 
-def _init_backbone(backbone: nn.Module, path: str, key_map: Mapping[str, str] | None) -> dict:
+def _init_backbone(backbone: nn.Module, path: str, key_map: Mapping[str, str] | None, strict: bool = True) -> dict:
     if path.lower().endswith(".safetensors"):
         raise CheckpointError(f"'{path}' is a safetensors file; convert it to a PyTorch state dict first, e.g. "
                               f"torch.save(safetensors.torch.load_file(path), 'weights.pt')")
@@ -128,6 +132,12 @@ def _init_backbone(backbone: nn.Module, path: str, key_map: Mapping[str, str] | 
         raise CheckpointError(
             f"'{path}' would leave the backbone partly untrained: {len(missing)} missing weight(s) "
             f"{missing[:5]}, {len(shape_errors)} shape mismatch(es) {shape_errors[:3]}")
+    if unexpected and strict and not key_map:
+        raise CheckpointError(
+            f"'{path}' has {len(unexpected)} weight(s) the backbone {getattr(backbone, 'spec', lambda: {})()} does "
+            f"not have, e.g. {unexpected[:5]} ({len(matched)} matched, 0 missing): it may be another architecture "
+            f"(a deeper ResNet loads its first blocks into a shallower one) or hold a head; if that is intended, "
+            f"pass init_strict false (e.g. --network_def#init_strict false) to ignore them, or a key_map")
     backbone.load_state_dict({k: state[k] for k in matched}, strict=False)
     if unexpected:
         logger.info("ignored %d key(s) of '%s' that the backbone does not have, e.g. %s", len(unexpected), path,
