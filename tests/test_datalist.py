@@ -230,6 +230,23 @@ def _write_dicom(path: Path, patient_id: str | None, meta: bool = True) -> Path:
     return path
 
 
+def test_class_folders_of_dicom_files_take_the_patient_from_the_header(tmp_path):
+    # 18 files of 2 patients, in train and test split folders: 2 patients, and the leakage is seen
+    from monai_cxrssl.data.splits import leakage_report
+
+    for i in range(18):
+        split, cls = ("train", "test")[i % 2], ("normal", "pneumonia")[(i // 2) % 2]
+        _write_dicom(tmp_path / split / cls / f"img{i:02d}.dcm", f"PAT{i % 3 == 0}")
+    _touch(tmp_path / "train" / "normal" / "person7_bacteria_1.jpeg")  # not DICOM: the file-name rule
+    d = datalist_from_class_folders(tmp_path)
+    entries = d["training"] + d["test"]
+    assert {e["patient_id"] for e in entries if e["image"].endswith(".dcm")} == {"PATTrue", "PATFalse"}
+    assert next(e for e in d["training"] if e["image"].endswith(".jpeg"))["patient_id"] == "train/person7"
+    assert all(e["study_id"] == "1.2.3.4" for e in entries if e["image"].endswith(".dcm"))
+    report = leakage_report(d)
+    assert report["n_patients_leaking"] == 2 and set(report["patients"]) == {"PATTrue", "PATFalse"}
+
+
 def test_dicom_folder_generated(tmp_path):
     _write_dicom(tmp_path / "a.dcm", "P1")
     _write_dicom(tmp_path / "IM0001", "P2", meta=False)  # no meta header, no .dcm ending

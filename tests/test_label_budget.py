@@ -131,3 +131,19 @@ def test_kermany_one_percent_counts_its_validation_labels(kermany_dir):
     n_pool = 5216  # the official training split
     assert len(data.val_items) >= 2 and data.n_labels == len(data.train_items) + len(data.val_items)
     assert data.n_labels <= round(0.01 * n_pool) + 2  # was 47 training + 521 validation before the budget counted
+
+
+def test_test_patients_seen_in_training_are_warned_about_or_refused(tmp_path, caplog):
+    path, dl = _datalist(tmp_path, n_patients=100)
+    dl["test"][0]["patient_id"] = dl["training"][0]["patient_id"]  # one test patient also trains
+    path.write_text(json.dumps(dl))
+    with caplog.at_level(logging.WARNING, logger="monai_cxrssl.data.classification"):
+        ClassificationData(datalist=path, check_files=False)
+    assert "1 of the 20 test patients also have training or validation entries" in caplog.text
+    with pytest.raises(DatalistError, match=r"1 of the 20 test patients .*optimistic"):
+        ClassificationData(datalist=path, check_files=False, patient_overlap="error")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_cxrssl.data.classification"):
+        ClassificationData(datalist=_datalist(tmp_path, n_patients=100, name="clean.json")[0], check_files=False,
+                           patient_overlap="error")
+    assert "test patients" not in caplog.text

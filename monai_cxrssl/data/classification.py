@@ -51,6 +51,10 @@ class ClassificationData:
             output can be validated the error says so. ``0``: no validation (a datalist's validation list
             then trains too), a fixed schedule, and the model of the last epoch is the one saved.
         check_files: check that every image file exists.
+        patient_overlap: what to do when test patients also appear in the training or validation entries of
+            the datalist (test AUCs would be optimistic): ``"warn"`` (logged, with a count and examples),
+            ``"error"`` (a :class:`~monai_cxrssl.exceptions.DatalistError`), or ``"ignore"``. Entries without a
+            patient id cannot be compared.
 
     Attributes:
         train_items, val_items, test_items: checked entries.
@@ -63,7 +67,7 @@ class ClassificationData:
     def __init__(self, dataset_dir: str | os.PathLike | None = None, datalist: str | os.PathLike | None = None,
                  demo_dir: str | os.PathLike | None = None, task: str = "auto", classes: Sequence[str] | None = None,
                  uncertain: str = "ignore", label_fraction: float = 1.0, seed: int = 0, val_fraction: float = 0.1,
-                 check_files: bool = True):
+                 check_files: bool = True, patient_overlap: str = "warn"):
         dl, self.source = resolve_datalist(dataset_dir, datalist, demo_dir)
         entries = [e for k in split_keys(dl) for e in dl[k]]
         self.task = dl.get("task") if task in ("auto", "", None) else task
@@ -106,11 +110,12 @@ class ClassificationData:
         if validation:
             self._check(validation, "validation", check_files)
         self.test_items = self._check(list(dl.get("test") or []), "test", check_files, allow_empty=True)
+        self._check_patient_overlap(training + validation, patient_overlap)
         budget = f"the labels at label_fraction={self.label_fraction} (seed {seed})"
-        if validation and self.label_fraction >= 1.0 and self.val_fraction > 0:
+        own_validation = bool(validation) and self.label_fraction >= 1.0 and self.val_fraction > 0
+        if own_validation:
             self.train_items, self.val_items = self._with_ids(training), self._with_ids(validation)
             logger.info("validation: the datalist's validation list (%d entries)", len(validation))
-            self._check_validation_list()
         else:
             pool = training + validation  # every labelled entry the datalist offers
             labelled = (pool if self.label_fraction >= 1.0 else
@@ -123,6 +128,8 @@ class ClassificationData:
                 logger.info("no validation set (val_fraction=0): every labelled entry trains")
         y = check_targets(self.train_items, self.task, self.num_outputs, uncertain, f"{self.source}:training")
         self._require_both_classes(y, f"the training labels at label_fraction={self.label_fraction} (seed {seed})")
+        if own_validation:
+            self._check_validation_list()  # the datalist's list as it is (a carved one is checked when it is made)
         self.pos_weight = positive_weights(y)
         used = self.train_items + self.val_items
         self.n_labels = len(used)
@@ -133,6 +140,24 @@ class ClassificationData:
                     "entries", self.source, self.task, self.num_outputs, len(self.train_items), len(self.val_items),
                     len(self.test_items), self.n_labels, self.n_patients, self.label_fraction,
                     len(training) + len(validation))
+
+    def _check_patient_overlap(self, labelled: list, policy: str) -> None:
+        if policy not in ("warn", "error", "ignore"):
+            raise ValueError(f"patient_overlap must be 'warn', 'error' or 'ignore', got {policy!r}")
+        if policy == "ignore" or not self.test_items:
+            return
+        seen = {str(e.get("patient_id")) for e in labelled if e.get("patient_id")}
+        shared = sorted({str(e["patient_id"]) for e in self.test_items if e.get("patient_id") and
+                         str(e["patient_id"]) in seen})
+        if not shared:
+            return
+        n_test = len({str(e["patient_id"]) for e in self.test_items if e.get("patient_id")})
+        msg = (f"'{self.source}': {len(shared)} of the {n_test} test patients also have training or validation "
+               f"entries (e.g. {shared[:3]}), so test AUCs would be optimistic; split by patient (python -m "
+               f"monai_cxrssl split) and check with python -m monai_cxrssl leakage")
+        if policy == "error":
+            raise DatalistError(msg + "; or set patient_overlap warn")
+        logger.warning("%s (patient_overlap error refuses this)", msg)
 
     @staticmethod
     def _with_ids(items):

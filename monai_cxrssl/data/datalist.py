@@ -299,9 +299,11 @@ def datalist_from_class_folders(
         root: the top folder.
         split_names: folder name (lower case) -> datalist key (``training``/``validation``/``test``).
         extensions: file name endings taken as images (case-insensitive).
-        patient_id_fn: file path -> patient id within its folder. In the split layout the id is
-            prefixed with the split folder name (``"train/person1000"``), because public datasets
-            (Kermany) number patients per split folder.
+        patient_id_fn: file path -> patient id within its folder, for files that are not DICOM. In the split
+            layout the id is prefixed with the split folder name (``"train/person1000"``), because public
+            datasets (Kermany) number patients per split folder. DICOM files take the ``PatientID`` of their
+            header instead (not prefixed: a patient in two split folders is then seen as one, and a leakage
+            check finds it), and their ``StudyInstanceUID`` as ``study_id``.
 
     Returns:
         the datalist dict (absolute image paths), ``task`` ``"binary"`` for two classes else
@@ -354,6 +356,10 @@ def datalist_from_class_folders(
         if not files:
             logger.warning("class folder '%s' holds no image files with endings %s", folder, exts)
         for f in files:
+            ds = _read_dicom_header(f) if _looks_like_dicom(f) else None
+            if ds is not None:  # a DICOM file names its patient (PatientID), the same in every split folder
+                splits[key].append({**_dicom_entry(f, ds), "label": index[class_name]})
+                continue
             pid = str(patient_id_fn(f))
             if split_name:
                 pid = f"{split_name}/{pid}"
