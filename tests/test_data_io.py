@@ -419,3 +419,39 @@ def test_forced_reader_failure_and_unknown_reader(tmp_path):
     assert_read_error(tmp_path / "x.png", reader="nifti")
     with pytest.raises(ValueError, match="reader must be one of"):
         read_cxr(tmp_path / "x.png", reader="opencv")
+
+
+class _Panic(BaseException):
+    """What a Rust decoder's panic reaches Python as (pyo3's PanicException derives from BaseException)."""
+
+
+def test_a_native_decoder_panic_is_a_read_error_and_the_cache_does_not_hang(tmp_path, monkeypatch):
+    import threading
+
+    from monai.transforms import Compose
+
+    from monai_cxrssl.data import CXRCacheDataset, LoadCXRd, ResizeCXRd
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(good)
+    bad = tmp_path / "damaged_rle.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(bad)
+    real = cxr_io._read_pil_values
+
+    def decoder(path):
+        if "damaged" in str(path):
+            raise _Panic("called `Result::unwrap()` on an `Err` value: RLE segment out of bounds")
+        return real(path)
+
+    monkeypatch.setattr(cxr_io, "_read_pil_values", decoder)
+    with pytest.raises(CXRReadError, match=r"damaged_rle.png.*_Panic.*RLE segment"):
+        read_cxr(bad)
+    items = [{"image": str(good)}, {"image": str(bad)}, {"image": str(good)}]
+    transform = Compose([LoadCXRd("image"), ResizeCXRd("image", 8)])
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        ds=CXRCacheDataset(items, transform, skip_unreadable=True, num_workers=2)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "building the cache hung on a decoder panic"
+    assert len(result["ds"]) == 2 and "damaged_rle.png" in result["ds"].unreadable[0]

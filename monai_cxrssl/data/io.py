@@ -147,7 +147,11 @@ def read_cxr(path: str | os.PathLike, *, apply_voi: bool = True, reader: CXRRead
             invert = False
     except CXRReadError:
         raise
-    except Exception as err:  # decoders and parsers raise many types; report them all as read errors
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as err:  # noqa: B036 - decoders raise many types, native ones even BaseExceptions
+        # (a Rust decoder's panic is pyo3's PanicException, a BaseException): every one is a read error of this
+        # file, so that a caching thread never dies of it (its pool would wait forever for the result)
         how = f"with the {reader!r} reader " if reader else ""
         raise CXRReadError(path, f"corrupt or unsupported file, failed {how}({type(err).__name__}: {err})") from err
     image = _scale_to_unit(values, low, high)
