@@ -380,10 +380,33 @@ def test_header_of_a_png_is_an_error(tmp_path):
         read_dicom_header(tmp_path / "x.png")
 
 
-def test_colour_rgb_dicom_is_rejected(tmp_path):
+def test_colour_content_has_one_policy_for_dicom_and_png_with_a_count(tmp_path, caplog):
+    from monai.transforms import Compose
+
+    from monai_cxrssl.data import CXRCacheDataset, LoadCXRd
+
     colour = np.zeros((6, 6, 3), dtype=np.uint8)
     colour[..., 2] = 255  # blue
-    assert_read_error(write_dicom(tmp_path / "blue.dcm", colour, "RGB"), "colour content", "grey")
+    dcm = write_dicom(tmp_path / "blue.dcm", colour, "RGB")
+    png = tmp_path / "blue.png"
+    Image.fromarray(colour).save(png)
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((6, 6), 90, np.uint8)).save(grey)
+    # converted to luminance alike (the default) ...
+    expected = 0.114  # pure blue's luma, in [0, 1]
+    assert np.allclose(read_cxr(dcm), read_cxr(png)) and np.allclose(read_cxr(png), expected, atol=0.01)
+    # ... or refused alike
+    for path in (dcm, png):
+        with pytest.raises(CXRReadError, match=r"colour content .*expected a grey radiograph"):
+            read_cxr(path, colour="refuse")
+    items = [{"image": str(p)} for p in (dcm, png, grey)]
+    with caplog.at_level(logging.WARNING):
+        ds = CXRCacheDataset(items, Compose([LoadCXRd("image")]), num_workers=1)
+    assert len(ds) == 3 and "2 of 3 image(s) had colour content and were converted to luminance" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        ds = CXRCacheDataset(items, Compose([LoadCXRd("image", colour="refuse")]), num_workers=1, skip_unreadable=True)
+    assert len(ds) == 1 and "skipped 2 unreadable image(s) of 3" in caplog.text
 
 
 def test_palette_colour_dicom_is_rejected(tmp_path):
@@ -438,10 +461,10 @@ def test_a_native_decoder_panic_is_a_read_error_and_the_cache_does_not_hang(tmp_
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(bad)
     real = cxr_io._read_pil_values
 
-    def decoder(path):
+    def decoder(path, **kw):
         if "damaged" in str(path):
             raise _Panic("called `Result::unwrap()` on an `Err` value: RLE segment out of bounds")
-        return real(path)
+        return real(path, **kw)
 
     monkeypatch.setattr(cxr_io, "_read_pil_values", decoder)
     with pytest.raises(CXRReadError, match=r"damaged_rle.png.*_Panic.*RLE segment"):

@@ -150,7 +150,15 @@ class CXRCacheDataset(CacheDataset):
         self.disk_hits = 0
         self._transform_key = _transform_fingerprint(transform) if self.cache_dir else ""
         kwargs.setdefault("progress", False)
+        from monai_cxrssl.data import io as cxr_io
+
+        n_converted = len(cxr_io.colour_converted)
         super().__init__(data=data, transform=transform, **kwargs)
+        converted = cxr_io.colour_converted[n_converted:]
+        if converted:  # the same policy for DICOM and PNG/JPEG: counted here (colour='refuse' makes them errors)
+            logger.warning("%d of %d image(s) had colour content and were converted to luminance, e.g. %s "
+                           "(LoadCXRd colour='refuse' refuses them)", len(converted), len(self._cache),
+                           "; ".join(converted[:3]))
         if self.cache_dir is not None:
             logger.info("disk cache %s: %d of %d item(s) read from it, the rest decoded and written",
                         self.cache_dir, self.disk_hits, len(self._cache))

@@ -8,8 +8,8 @@ values in ``[0, 1]``:
 - **rows stay rows**: ``array[row, col]`` is the pixel that pydicom (``ds.pixel_array``) and PIL
   (``numpy.asarray(image)``) show at that row and column; nothing is transposed. Note that MONAI's
   own ``LoadImage`` swaps the axes of PNG/JPEG files (``reverse_indexing``); this reader does not;
-- **one channel**: colour-encoded files whose content is grey (common for PNG/JPEG exports of
-  radiographs) are reduced to their luminance.
+- **one channel**: colour-encoded files (common for PNG/JPEG exports of radiographs, RGB/YBR DICOM) are
+  reduced to their luminance; files with colour *content* too, counted, unless ``colour="refuse"``.
 
 How values are brought to ``[0, 1]`` depends on what the file says about them:
 
@@ -38,6 +38,7 @@ A constant image scaled by its own min/max becomes all zeros. Every failure to r
 from __future__ import annotations
 
 import logging
+import threading
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -80,7 +81,7 @@ _PIL_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00
 _DICOM_MAGIC_OFFSET = 128  # 128-byte preamble, then b"DICM"
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
-# colour encodings that pydicom decodes to RGB; accepted only when the content is grey
+# colour encodings that pydicom decodes to RGB; reduced to luminance (colour content: see read_cxr)
 _RGB_LIKE = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 
 # ITU-R 601-2 luma, the weights PIL uses for RGB -> "L"
@@ -91,9 +92,15 @@ _GREY_TOLERANCE = 0.02
 _GREY_OUTLIER_FRACTION = 0.01
 
 _colour_warning_issued = False
+#: what :func:`read_cxr` does with colour content (channels that clearly differ), the same for DICOM and PNG/JPEG
+COLOUR_POLICIES = ("convert", "refuse")
+#: files whose colour content was converted to luminance in this process (read by the caching dataset for its count)
+colour_converted: list[str] = []
+_colour_lock = threading.Lock()
 
 
-def read_cxr(path: str | os.PathLike, *, apply_voi: bool = True, reader: CXRReader | None = None) -> np.ndarray:
+def read_cxr(path: str | os.PathLike, *, apply_voi: bool = True, reader: CXRReader | None = None,
+             colour: str = "convert") -> np.ndarray:
     """Read one chest radiograph as a ``float32`` ``(H, W)`` array in ``[0, 1]``, air dark, rows as rows.
 
     Args:
@@ -113,14 +120,17 @@ def read_cxr(path: str | os.PathLike, *, apply_voi: bool = True, reader: CXRRead
 
     Conventions by format:
         - DICOM: Modality LUT, then VOI (if ``apply_voi``), then scaling, then inversion of
-          ``MONOCHROME1``. ``RGB``/``YBR_*`` files are accepted only when their content is grey.
+          ``MONOCHROME1``. ``RGB``/``YBR_*`` files are reduced to luminance as PNG/JPEG are (below).
           Multi-frame files, ``PALETTE COLOR`` and other photometric interpretations are rejected.
           The Presentation LUT is not applied: ``PhotometricInterpretation`` alone decides the
           polarity.
         - PNG/JPEG/BMP/TIFF: grey (``1``, ``L``, ``LA``, ``I;16``, ``I``, ``F``) is read as is;
           colour images (``RGB``, ``RGBA``, palette ...) are reduced to luminance (alpha is
-          dropped). When the colour channels clearly differ the image is still converted, and a
-          warning is logged once per process. Multi-frame images are rejected. EXIF orientation
+          dropped). Multi-frame images are rejected.
+        - Colour *content* (channels that clearly differ, in DICOM and PNG/JPEG alike): with
+          ``colour="convert"`` (default) converted to luminance, recorded and warned about (the caching
+          dataset logs how many); with ``colour="refuse"`` a :class:`CXRReadError` (dropped and counted
+          with ``skip_unreadable``). EXIF orientation
           is ignored, as by PIL.
         - NIfTI: the voxel array is read in storage order, ignoring the affine. NIfTI's first axis
           is ``x``, i.e. the column, so the 2D array is transposed (``data.T``) to get
@@ -137,13 +147,16 @@ def read_cxr(path: str | os.PathLike, *, apply_voi: bool = True, reader: CXRRead
     """
     if reader is not None and reader not in READERS:
         raise ValueError(f"reader must be one of {READERS} or None, got {reader!r}.")
+    if colour not in COLOUR_POLICIES:
+        raise ValueError(f"colour must be one of {COLOUR_POLICIES}, got {colour!r}")
     path = _existing_file(path)
     try:
         reader = reader or _detect_reader(path)
         if reader == "dicom":
-            values, (low, high), invert = _read_dicom_values(path, apply_voi)
+            values, (low, high), invert = _read_dicom_values(path, apply_voi, colour=colour)
         else:
-            values, (low, high) = _read_pil_values(path) if reader == "pil" else _read_volume_values(path, reader)
+            values, (low, high) = (_read_pil_values(path, colour=colour) if reader == "pil"
+                                   else _read_volume_values(path, reader))
             invert = False
     except CXRReadError:
         raise
@@ -222,19 +235,23 @@ def _min_max(values: np.ndarray) -> tuple[float, float]:
     return float(values.min()), float(values.max())
 
 
-def _rgb_to_grey(rgb: np.ndarray, full_scale: float, path: Path, *, allow_colour: bool) -> np.ndarray:
+def _rgb_to_grey(rgb: np.ndarray, full_scale: float, path: Path, *, colour: str) -> np.ndarray:
     """Luminance of an ``(H, W, >=3)`` array (channels after the third, e.g. alpha, are ignored).
 
     Content is grey when the three channels agree within ``_GREY_TOLERANCE * full_scale`` on all
-    but ``_GREY_OUTLIER_FRACTION`` of the pixels. Colour content raises when ``allow_colour`` is
-    False, else a warning is logged (once per process).
+    but ``_GREY_OUTLIER_FRACTION`` of the pixels. Colour content raises with ``colour="refuse"``;
+    with ``"convert"`` it is converted, recorded in :data:`colour_converted` and warned about (once
+    per process; the caching dataset logs the count).
     """
     global _colour_warning_issued
     rgb = np.asarray(rgb[..., :3], dtype=np.float64)
     spread = rgb.max(axis=-1) - rgb.min(axis=-1)
     if np.mean(spread > _GREY_TOLERANCE * full_scale) > _GREY_OUTLIER_FRACTION:
-        if not allow_colour:
-            raise CXRReadError(path, "colour content in an RGB/YBR image; expected a grey radiograph")
+        if colour == "refuse":
+            raise CXRReadError(path, "colour content (its colour channels differ); expected a grey radiograph "
+                                     "(colour='convert' reduces it to luminance)")
+        with _colour_lock:
+            colour_converted.append(str(path))
         if not _colour_warning_issued:
             _colour_warning_issued = True
             logger.warning(
@@ -276,7 +293,7 @@ def _set_transfer_syntax_from_encoding(ds: Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
 
 
-def _read_dicom_values(path: Path, apply_voi: bool) -> tuple[np.ndarray, tuple[float, float], bool]:
+def _read_dicom_values(path: Path, apply_voi: bool, colour: str = "convert") -> tuple[np.ndarray, tuple[float, float], bool]:
     """Pixel values after Modality LUT (and VOI), the range to scale them by, and whether to invert."""
     ds = _read_dicom_dataset(path, stop_before_pixels=False)
     photometric = _check_dicom_image(ds, path)
@@ -291,7 +308,7 @@ def _read_dicom_values(path: Path, apply_voi: bool) -> tuple[np.ndarray, tuple[f
         raise CXRReadError(path, f"decoded pixels have shape {pixels.shape}, header says {ds.Rows} x {ds.Columns}")
     if photometric in _RGB_LIKE:
         stored_max = 2 ** int(ds.BitsStored) - 1
-        return _rgb_to_grey(pixels, stored_max, path, allow_colour=False), (0.0, float(stored_max)), False
+        return _rgb_to_grey(pixels, stored_max, path, colour=colour), (0.0, float(stored_max)), False
 
     values = apply_modality_lut(pixels, ds)
     voi = _apply_dicom_voi(values, ds) if apply_voi else None
@@ -320,7 +337,7 @@ def _check_dicom_image(ds: Dataset, path: Path) -> str:
     raise CXRReadError(
         path,
         f"unsupported PhotometricInterpretation {photometric or 'missing'!r} with SamplesPerPixel {samples}; "
-        "expected MONOCHROME1/MONOCHROME2 (1 sample) or RGB/YBR (3 samples) with grey content",
+        "expected MONOCHROME1/MONOCHROME2 (1 sample) or RGB/YBR (3 samples)",
     )
 
 
@@ -367,7 +384,7 @@ def _plain_value(value: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 # PIL (PNG, JPEG, BMP, TIFF, ...)
 
-def _read_pil_values(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+def _read_pil_values(path: Path, colour: str = "convert") -> tuple[np.ndarray, tuple[float, float]]:
     with Image.open(path) as image:
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
@@ -377,7 +394,7 @@ def _read_pil_values(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
             image = image.convert("L")
         if image.mode not in ("L", "I", "F") and not image.mode.startswith("I;16"):  # colour or palette
             rgb = np.asarray(image.convert("RGB"))
-            return _rgb_to_grey(rgb, 255.0, path, allow_colour=True), (0.0, 255.0)
+            return _rgb_to_grey(rgb, 255.0, path, colour=colour), (0.0, 255.0)
         values = np.asarray(image)
     if values.dtype == np.uint8:
         return values, (0.0, 255.0)

@@ -45,6 +45,8 @@ class LoadCXR(Transform):
             ``LoadImage`` does.
         reader: force a reader (``"dicom"``, ``"pil"``, ``"nifti"``, ``"itk"``); by default it is
             chosen from the file's content and name.
+        colour: colour content (DICOM or PNG/JPEG alike): ``"convert"`` to luminance (counted and warned
+            about) or ``"refuse"`` (a read error); see :func:`read_cxr`.
 
     Raises:
         CXRReadError: the file cannot be read (see :func:`read_cxr`).
@@ -54,14 +56,16 @@ class LoadCXR(Transform):
         image = LoadCXR()("/data/cxr/0001.dcm")  # MetaTensor, shape (1, H, W)
     """
 
-    def __init__(self, apply_voi: bool = True, image_only: bool = True, reader: CXRReader | None = None) -> None:
+    def __init__(self, apply_voi: bool = True, image_only: bool = True, reader: CXRReader | None = None,
+                 colour: str = "convert") -> None:
         self.apply_voi = apply_voi
         self.image_only = image_only
         self.reader = reader
+        self.colour = colour
 
     def __call__(self, filename: str | os.PathLike) -> MetaTensor | tuple[MetaTensor, dict]:
         """Read ``filename``; see the class documentation."""
-        array = read_cxr(filename, apply_voi=self.apply_voi, reader=self.reader)
+        array = read_cxr(filename, apply_voi=self.apply_voi, reader=self.reader, colour=self.colour)
         shape = np.asarray(array.shape)
         meta = {
             ImageMetaKey.FILENAME_OR_OBJ: str(filename),
@@ -84,6 +88,7 @@ class LoadCXRd(MapTransform):
         keys: keys of the items holding file paths.
         apply_voi: for DICOM, apply the stored VOI LUT or window (see :func:`read_cxr`).
         reader: force a reader; by default it is chosen per file.
+        colour: ``"convert"`` colour content to luminance or ``"refuse"`` it (see :class:`LoadCXR`).
         allow_missing_keys: don't raise if a key is missing.
     """
 
@@ -93,9 +98,10 @@ class LoadCXRd(MapTransform):
         apply_voi: bool = True,
         reader: CXRReader | None = None,
         allow_missing_keys: bool = False,
+        colour: str = "convert",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadCXR(apply_voi=apply_voi, image_only=True, reader=reader)
+        self.loader = LoadCXR(apply_voi=apply_voi, image_only=True, reader=reader, colour=colour)
 
     def __call__(self, data: Mapping[Hashable, str | os.PathLike]) -> dict[Hashable, MetaTensor]:
         d = dict(data)
