@@ -216,3 +216,25 @@ def test_a_full_disk_is_named_before_training_and_at_a_failed_write(tmp_path, mo
     with pytest.raises(OSError, match=r"could not write '.*old.pt': no space left .*100 B written before the failure"):
         atomic_save({"w": torch.zeros(10_000)}, tmp_path / "old.pt")
     assert (tmp_path / "old.pt").read_bytes() == b"old" and not list(tmp_path.glob(".old.pt.*"))
+
+
+def test_a_resumed_run_shows_each_tensorboard_step_once(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from monai_cxrssl.checkpoints import atomic_save
+    from monai_cxrssl.engines import tensorboard_writer
+
+    log = tmp_path / "tensorboard"
+    first = tensorboard_writer(log, resume=False)
+    for step in range(1, 6):  # logged up to iteration 5, then killed; its last checkpoint is at iteration 3
+        first.add_scalar("loss", 1.0, step)
+    first.close()
+    atomic_save({"iteration": 3}, tmp_path / "checkpoint.pt")
+    resumed = tensorboard_writer(log, resume="true", checkpoint=tmp_path / "checkpoint.pt")
+    for step in range(4, 7):
+        resumed.add_scalar("loss", 2.0, step)
+    resumed.close()
+    events = EventAccumulator(str(log))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0), (5, 2.0),
+                                                                  (6, 2.0)]

@@ -2,7 +2,7 @@
 
 from .classification import (BestModelHandler, ClassificationBatch, ModelSelection, NonFiniteLossCheck,
                              export_torchscript, fit_classifier, load_trained_classifier)
-from .checkpoint import ClassifierCheckpoint, SSLCheckpoint, TrainingCheckpoint
+from .checkpoint import ClassifierCheckpoint, SSLCheckpoint, TrainingCheckpoint, tensorboard_writer
 from .logistic_probe import DEFAULT_CS, LogisticProbe
 from .progress import ProgressHandler, scalar_outputs
 from .precision import FastInferer, autocast, cpu_supports_bf16, grad_scaler, resolve_precision, to_channels_last

@@ -34,11 +34,43 @@ from monai_cxrssl.checkpoints import BACKBONE_EXPORT, SSL_CHECKPOINT, atomic_sav
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.utils import as_bool, check_free_space, remove_stale_temporaries
 
-__all__ = ["TrainingCheckpoint", "SSLCheckpoint", "ClassifierCheckpoint", "CLASSIFIER_CHECKPOINT"]
+__all__ = ["TrainingCheckpoint", "SSLCheckpoint", "ClassifierCheckpoint", "CLASSIFIER_CHECKPOINT", "tensorboard_writer"]
 
 logger = logging.getLogger(__name__)
 
 CLASSIFIER_CHECKPOINT = "monai_cxrssl/classifier-checkpoint"
+
+
+def _resume_target(resume, checkpoint) -> Path | None:
+    """The checkpoint a ``resume`` setting points to: a path, ``checkpoint`` when true, ``None`` when false."""
+    if isinstance(resume, (str, os.PathLike)) and str(resume).strip().lower() not in (
+            "true", "false", "1", "0", "yes", "no", ""):
+        return Path(resume)
+    return Path(checkpoint) if as_bool(resume, "resume") and checkpoint is not None else None
+
+
+def tensorboard_writer(log_dir, resume=False, checkpoint=None):
+    """A TensorBoard ``SummaryWriter`` for a run that may resume from ``checkpoint``.
+
+    A resumed run repeats the iterations after its checkpoint that the interrupted run had already logged; the
+    writer's ``purge_step`` (the checkpoint's iteration + 1) hides those stale events, so each step appears once.
+    Pass it to MONAI's ``TensorBoardStatsHandler(summary_writer=...)`` of an iteration-level handler.
+
+    Args:
+        log_dir: the event folder.
+        resume: the bundle's ``resume`` setting (``false``, ``true`` or a checkpoint path).
+        checkpoint: the run's own checkpoint, used when ``resume`` is true.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    target = _resume_target(resume, checkpoint)
+    purge = None
+    if target is not None and target.is_file() and is_main_process():
+        try:
+            purge = int(read_checkpoint(target).get("iteration", 0)) + 1
+        except CheckpointError:
+            purge = None  # the resume itself reports the bad file, before any training
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge)
 
 
 class TrainingCheckpoint:
@@ -182,11 +214,7 @@ class TrainingCheckpoint:
 
     # ----------------------------------------------------------------------------- resuming
     def _resume_path(self) -> Path | None:
-        resume = self.resume
-        if isinstance(resume, (str, os.PathLike)) and str(resume).strip().lower() not in (
-                "true", "false", "1", "0", "yes", "no", ""):
-            return Path(resume)  # a checkpoint path
-        return self.checkpoint_path if as_bool(resume, "resume") else None
+        return _resume_target(self.resume, self.checkpoint_path)
 
     def maybe_resume(self, engine: Engine) -> None:
         path = self._resume_path()
