@@ -1,12 +1,16 @@
 """The tutorial notebooks: committed without outputs, and each executes top to bottom (nbclient) within its
 time limit and shows what it promises (a checkpoint, a datalist, a table and plot, a comparison, a
-multi-process run). Outputs go to a temporary folder through ``CXRSSL_TUTORIAL_OUT``."""
+multi-process run). Outputs go to a temporary folder through ``CXRSSL_TUTORIAL_OUT``.
+
+The notebooks run two at a time, each in its own kernel and folder (the ``executed`` fixture, longest
+first); each test then checks its notebook's outputs, or reports that notebook's error."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -41,16 +45,15 @@ def test_the_readme_links_the_notebooks_in_order():
     assert positions == sorted(positions), "the README must list the notebooks in order"
 
 
-def execute(name: str, out: Path, monkeypatch) -> tuple[nbformat.NotebookNode, str, set[str]]:
+def execute(name: str, out: Path) -> tuple[nbformat.NotebookNode, str, set[str]]:
     """Run the notebook in a fresh kernel; return it executed, its text output, and the MIME types it showed."""
-    monkeypatch.setenv("CXRSSL_TUTORIAL_OUT", str(out))
-    monkeypatch.setenv("PYTHONWARNINGS", "ignore")
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    env = {**os.environ, "CXRSSL_TUTORIAL_OUT": str(out), "PYTHONWARNINGS": "ignore",
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     nb = nbformat.read(TUTORIALS / name, as_version=4)
     t0 = time.monotonic()
     try:
         NotebookClient(nb, timeout=TIME_LIMIT[name], kernel_name="python3",
-                       resources={"metadata": {"path": str(TUTORIALS)}}).execute()
+                       resources={"metadata": {"path": str(TUTORIALS)}}).execute(env=env)
     finally:
         if os.environ.get("CXRSSL_KEEP_EXECUTED"):  # a folder to keep the executed notebooks in, for reading them
             nbformat.write(nb, Path(os.environ["CXRSSL_KEEP_EXECUTED"]) / name)
@@ -68,10 +71,32 @@ def execute(name: str, out: Path, monkeypatch) -> tuple[nbformat.NotebookNode, s
     return nb, "\n".join(text), mime
 
 
+#: the whole set, two notebooks at a time: within the sum of the limits halved, plus slack
+ALL_LIMIT = sum(TIME_LIMIT.values()) // 2 + 300
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> dict:
+    """``{name: (out folder, result or exception)}`` for every notebook, run two at a time, longest first."""
+    outs = {name: tmp_path_factory.mktemp(name.split("_")[0]) for name in NOTEBOOKS}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(execute, name, outs[name])
+                   for name in sorted(NOTEBOOKS, key=TIME_LIMIT.get, reverse=True)}
+        return {name: (outs[name], f.exception() or f.result()) for name, f in futures.items()}
+
+
+def result(executed: dict, name: str) -> tuple[Path, str, set[str]]:
+    """The notebook's output folder, text and MIME types; its own failure re-raised."""
+    out, res = executed[name]
+    if isinstance(res, BaseException):
+        raise res
+    return out, res[1], res[2]
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(TIME_LIMIT["01_quickstart.ipynb"] + 60)
-def test_01_quickstart(tmp_path, monkeypatch):
-    _, text, mime = execute("01_quickstart.ipynb", tmp_path, monkeypatch)
+@pytest.mark.timeout(ALL_LIMIT)
+def test_01_quickstart(executed):
+    tmp_path, text, mime = result(executed, "01_quickstart.ipynb")
     work = tmp_path / "01_quickstart"
     assert read_checkpoint(work / "simclr" / "checkpoint.pt")["epoch"] == 3  # 2 from Python + 1 resumed from the CLI
     assert "Epoch[3] Complete" in text
@@ -82,9 +107,9 @@ def test_01_quickstart(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(TIME_LIMIT["02_dicom_to_datalist.ipynb"] + 60)
-def test_02_dicom_to_datalist(tmp_path, monkeypatch, dicom_dir):
-    _, text, mime = execute("02_dicom_to_datalist.ipynb", tmp_path, monkeypatch)
+@pytest.mark.timeout(ALL_LIMIT)
+def test_02_dicom_to_datalist(executed, dicom_dir):
+    tmp_path, text, mime = result(executed, "02_dicom_to_datalist.ipynb")
     datalist = json.loads((tmp_path / "02_dicom" / "dicom_datalist.json").read_text())
     n_real = len(list(dicom_dir.glob("*.dcm")))
     assert sum(len(datalist[k]) for k in ("training", "validation", "test")) == 24 + n_real  # 12 patients x 1-3 images
@@ -95,9 +120,9 @@ def test_02_dicom_to_datalist(tmp_path, monkeypatch, dicom_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(TIME_LIMIT["03_label_efficiency.ipynb"] + 60)
-def test_03_label_efficiency(tmp_path, monkeypatch):
-    _, text, mime = execute("03_label_efficiency.ipynb", tmp_path, monkeypatch)
+@pytest.mark.timeout(ALL_LIMIT)
+def test_03_label_efficiency(executed):
+    tmp_path, text, mime = result(executed, "03_label_efficiency.ipynb")
     results = json.loads((tmp_path / "03_label_efficiency" / "study" / "results.json").read_text())
     assert len(results["runs"]) == 2 * 2 * 2
     assert {(r["init"], r["mode"], r["fraction"]) for r in results["table"]} == {
@@ -107,9 +132,9 @@ def test_03_label_efficiency(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(TIME_LIMIT["04_methods_compared.ipynb"] + 60)
-def test_04_methods_compared(tmp_path, monkeypatch):
-    _, text, mime = execute("04_methods_compared.ipynb", tmp_path, monkeypatch)
+@pytest.mark.timeout(ALL_LIMIT)
+def test_04_methods_compared(executed):
+    tmp_path, text, mime = result(executed, "04_methods_compared.ipynb")
     work = tmp_path / "04_methods"
     for method in ("simclr", "moco", "dino", "micle"):
         assert (work / method / "models" / "backbone.pt").is_file(), method
@@ -121,9 +146,9 @@ def test_04_methods_compared(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(TIME_LIMIT["05_scale_out.ipynb"] + 60)
-def test_05_scale_out(tmp_path, monkeypatch):
-    execute("05_scale_out.ipynb", tmp_path, monkeypatch)
+@pytest.mark.timeout(ALL_LIMIT)
+def test_05_scale_out(executed):
+    tmp_path, _, _ = result(executed, "05_scale_out.ipynb")
     work = tmp_path / "05_scale_out"
     two, one = (read_checkpoint(work / n / "checkpoint.pt") for n in ("two_processes", "one_process"))
     assert two["epoch"] == one["epoch"] == 2
