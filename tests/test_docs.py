@@ -380,7 +380,7 @@ def runs(tmp_path_factory, kermany_dir, nih_dir, dicom_dir) -> dict[str, dict[st
         per_job = 90 if group == "defaults:dino_cxr" else 30 if group.startswith("defaults:") else 10
         return per_job * len(groups[group])
 
-    order = sorted(groups, key=estimate, reverse=True)  # the longest groups first: the two workers end together
+    order = sorted(groups, key=estimate, reverse=True)  # the longest groups first: the workers end together
     sandboxes = {}
     for i, g in enumerate(order):
         (base / f"repo{i}").mkdir()
