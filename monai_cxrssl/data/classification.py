@@ -179,7 +179,7 @@ class ClassificationData:
         in_val[[i for i, e in enumerate(labelled) if id(e) in val_ids]] = True
         y = check_targets(labelled, self.task, self.num_outputs, self.uncertain, f"{self.source}:labelled")
         cols = range(y.shape[1])  # multi-class: one-hot columns, a class with its negatives in the others
-        names = (self.classes if self.task != "binary" else [self.classes[-1] if self.classes else "positive"])
+        names = self._output_names
         order = np.random.default_rng(self.seed).permutation(len(labelled))
         members: dict[str, list[int]] = {}
         for i in order:
@@ -213,11 +213,16 @@ class ClassificationData:
                     len(members), self.val_fraction)
         return train, val
 
+    @property
+    def _output_names(self) -> list:
+        """A name per output column: the classes, or for a binary task its positive class."""
+        return self.classes if self.task != "binary" else [self.classes[-1] if self.classes else "positive"]
+
     def _check_validation_list(self) -> None:
         """The datalist's own validation list must hold a positive and a negative of each output: an AUC needs both
         (multi-label: outputs without them are left out with a warning; none usable is an error)."""
         y = check_targets(self.val_items, self.task, self.num_outputs, self.uncertain, f"{self.source}:validation")
-        names = (self.classes if self.task != "binary" else [self.classes[-1] if self.classes else "positive"])
+        names = self._output_names
         bad = [names[k] if k < len(names) else str(k) for k in range(y.shape[1]) if not self._usable(y[:, k])]
         if bad and (self.task != "multilabel" or len(bad) == y.shape[1]):
             raise DatalistError(
