@@ -33,10 +33,14 @@ MODES = {"fp32": {"precision": "fp32", "channels_last": False}, "fast": {}}
 
 
 def run_worker(spec: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="downstream_") as out:  # the run's outputs go when it is measured
+        return _measure(spec, Path(out))
+
+
+def _measure(spec: dict, out: Path) -> dict:
     from ignite.engine import Events
     from monai.bundle import ConfigParser
 
-    out = Path(tempfile.mkdtemp(prefix="downstream_"))
     common = {"bundle_root": str(BUNDLE), "dataset_dir": spec["data"], "output_dir": str(out), "progress": False,
               "image_size": spec["image_size"], "mode": "finetune", "backbone": "resnet18", "epochs": 1,
               "batch_size": spec["batch_size"], "label_fraction": spec["label_fraction"], **MODES[spec["mode"]]}

@@ -44,3 +44,30 @@ def nih_dir(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def dicom_dir(shared_data) -> Path:
     return _require(shared_data / "dicom")
+
+
+# ------------------------------------------------------------------ the documented commands, in the background
+def _is_docs_test(item) -> bool:
+    return item.path.name == "test_docs.py" and "runs" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """``tests/test_docs.py``'s command tests last: their commands run in the background meanwhile."""
+    items[:] = [i for i in items if not _is_docs_test(i)] + [i for i in items if _is_docs_test(i)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _documented_commands_in_the_background(request, tmp_path_factory):
+    """Start every documented command (``tests/test_docs.py``, ~25 minutes of subprocesses on one core)
+    at the beginning of the session, beside the other tests, which leave a core idle much of the time.
+    Without the real data nothing starts here: test_docs's own fixtures then skip, or fail under CI."""
+    docs = [i for i in request.session.items if _is_docs_test(i)]
+    module = docs[0].module if docs else None
+    if module is not None and shared_data_dir().exists():
+        try:
+            module.start_in_background(tmp_path_factory.mktemp("docs"), shared_data_dir())
+        except Exception as e:  # the docs tests' own fixture tries again and reports it; the rest runs on
+            print(f"the documented commands did not start in the background: {e!r}")
+    yield
+    if module is not None and module.BACKGROUND is not None:  # an interrupted session: no new command starts
+        module.BACKGROUND.pool.shutdown(wait=False, cancel_futures=True)

@@ -31,7 +31,7 @@ def bundle(config, out_dir, *args, check=True):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     out = tmp_path_factory.mktemp("simclr")
-    bundle(str(BUNDLES / "simclr_cxr" / "configs" / "train.json"), out, "--epochs", "1", "--precision", "fp32", *SMALL)
+    bundle(str(BUNDLES / "simclr_cxr" / "configs" / "train.json"), out, "--epochs", "1", *SMALL)
     return out / "models" / "backbone.pt"
 
 

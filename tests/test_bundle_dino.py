@@ -20,7 +20,7 @@ CONFIG = BUNDLES / "dino_cxr" / "configs" / "train.json"
 DEPTH = 2
 SMALL = ["--image_size", "32", "--local_size", "16", "--local_crops", "2", "--batch_size", "8",
          "--backbone", "vit_tiny", "--network_def#backbone#depth", str(DEPTH), "--out_dim", "256", "--hidden_dim",
-         "128", "--bottleneck_dim", "64", "--precision", "fp32", "--progress", "false", "--cache_workers", "1"]
+         "128", "--bottleneck_dim", "64", "--progress", "false", "--cache_workers", "1"]
 
 
 def run_bundle(out_dir, *args, config=CONFIG, small=SMALL, check=True):

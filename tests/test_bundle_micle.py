@@ -11,7 +11,7 @@ from monai_cxrssl.checkpoints import read_checkpoint
 from monai_cxrssl.paths import REPO_ROOT
 
 CONFIG = REPO_ROOT / "bundles" / "micle_cxr" / "configs" / "train.json"
-SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10", "--precision", "fp32",
+SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10",
          "--progress", "false", "--cache_workers", "1"]
 
 

@@ -13,7 +13,7 @@ from monai_cxrssl.networks import build_backbone
 from monai_cxrssl.paths import REPO_ROOT
 
 CONFIG = REPO_ROOT / "bundles" / "moco_cxr" / "configs" / "train.json"
-SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10", "--precision", "fp32",
+SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10",
          "--progress", "false", "--cache_workers", "1", "--queue_size", "20"]
 
 

@@ -228,7 +228,7 @@ def _run(out_dir, epochs=2, resume=False, stop_after_epoch=None):
     handlers = [LrScheduleHandler(sched, epoch_level=False, print_lr=False),
                 SSLCheckpoint(out_dir, method, opt, sched, resume=resume)]
     views = [CXRViewAugment(32, scale=(0.4, 1.0))] * 2 + [CXRViewAugment(16, scale=(0.05, 0.4))] * 2
-    trainer = SSLTrainer("cpu", epochs, loader, method, opt, views, seed=0, precision="fp32", handlers=handlers)
+    trainer = SSLTrainer("cpu", epochs, loader, method, opt, views, seed=0, precision="auto", handlers=handlers)
     if stop_after_epoch:
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after_epoch), lambda e: e.terminate())
     trainer.run()

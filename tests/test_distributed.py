@@ -35,7 +35,7 @@ def test_simclr_bundle_under_torchrun(tmp_path):
     out = tmp_path / "out"
     configs = "['bundles/simclr_cxr/configs/train.json','bundles/simclr_cxr/configs/multi_gpu_train.json']"
     torchrun(2, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir", out,
-             "--image_size", "32", "--batch_size", "4", "--backbone", "resnet10", "--precision", "fp32",
+             "--image_size", "32", "--batch_size", "4", "--backbone", "resnet10",
              "--epochs", "1", "--progress", "false", "--cache_workers", "1")
     ckpt = read_checkpoint(out / "checkpoint.pt")
     import json
@@ -45,6 +45,6 @@ def test_simclr_bundle_under_torchrun(tmp_path):
     assert (out / "models" / "backbone.pt").is_file()
     # resume under torchrun: every process loads the checkpoint rank 0 wrote
     torchrun(2, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir", out, "--image_size", "32",
-             "--batch_size", "4", "--backbone", "resnet10", "--precision", "fp32", "--epochs", "2", "--progress",
+             "--batch_size", "4", "--backbone", "resnet10", "--epochs", "2", "--progress",
              "false", "--cache_workers", "1", "--resume", "true")
     assert read_checkpoint(out / "checkpoint.pt")["iteration"] == 2 * ckpt["iteration"]

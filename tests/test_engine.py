@@ -37,7 +37,7 @@ def _run(out_dir, epochs, resume=False, items=None, backbone="resnet10", seed=0,
     handlers = [LrScheduleHandler(sched, epoch_level=False, print_lr=False),
                 SSLCheckpoint(out_dir, method, opt, sched, resume=resume, metadata=metadata)]
     trainer = SSLTrainer("cpu", epochs, loader, method, opt, CXRViewAugment(out_size=32), seed=seed,
-                         precision="fp32", handlers=handlers)
+                         precision="auto", handlers=handlers)
     trainer.run()
     return trainer, method
 

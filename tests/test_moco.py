@@ -171,7 +171,7 @@ def _items(n=12, size=32):
     return [{"image": torch.rand(1, size, size, generator=g)} for _ in range(n)]
 
 
-def _run(out_dir, epochs=3, resume=False, stop_after_epoch=None, precision="fp32"):
+def _run(out_dir, epochs=3, resume=False, stop_after_epoch=None, precision="auto"):
     set_determinism(seed=0)
     method = _moco(queue_size=10, momentum=0.99, momentum_schedule="cosine", key_splits=2)
     opt = torch.optim.AdamW(method.parameters(), lr=1e-3)

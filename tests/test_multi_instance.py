@@ -113,7 +113,7 @@ def _micle_run(out_dir, epochs, resume=False):
     handlers = [LrScheduleHandler(sched, epoch_level=False, print_lr=False),
                 SSLCheckpoint(out_dir, method, opt, sched, resume=resume)]
     trainer = SSLTrainer("cpu", epochs, loader, method, opt, CXRViewAugment(out_size=32), handlers=handlers,
-                         batch_scalars=["multi_instance"])
+                         batch_scalars=["multi_instance"], precision="auto")
     trainer.run()
     return trainer, method
 

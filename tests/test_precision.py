@@ -90,3 +90,90 @@ def test_ntxent_similarities_stay_float32_under_bf16_autocast():
     expected = loss(z1, z2)
     with autocast("bf16", "cpu"):
         assert torch.equal(loss(z1, z2), expected)
+
+
+# ------------------------------------------------------------------ the CPU's bf16 convolution defect
+def test_unsafe_convolutions_are_found_by_view_size_and_the_network_is_left_as_it_was():
+    from monai_cxrssl.engines.precision import bf16_unsafe_convs
+    from monai_cxrssl.networks import build_backbone
+
+    backbone = build_backbone("resnet18", in_channels=1)
+    backbone.train()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    # 16 px: layer4's first 3 x 3 stride-2 convolution sees a 1 x 1 map (its 1 x 1 downsample has no padding)
+    found = bf16_unsafe_convs(backbone, [16])
+    assert len(found) == 1 and "layer4.0.conv1" in found[0] and "16-px" in found[0], found
+    assert any("layer3.0.conv1" in f for f in bf16_unsafe_convs(backbone, [8]))
+    assert bf16_unsafe_convs(backbone, [32, 64]) == []
+    assert backbone.training
+    for k, v in backbone.state_dict().items():  # batch-norm statistics untouched
+        assert torch.equal(v, before[k]), k
+
+
+def test_auto_trains_in_fp32_where_the_defect_would_bite_and_explicit_bf16_is_refused(monkeypatch, caplog):
+    import monai_cxrssl.engines.precision as precision
+    from monai_cxrssl.networks import build_backbone
+
+    backbone = build_backbone("resnet10", in_channels=1)
+    monkeypatch.setattr(precision, "cpu_bf16_conv_defect", lambda: True)
+    with caplog.at_level("WARNING", logger="monai_cxrssl.engines.precision"):
+        assert precision.check_bf16_training("bf16", "auto", backbone, [32, 16], "cpu") == "fp32"
+    assert "layer4.0.conv1" in caplog.text and "fp32, not bf16" in caplog.text
+    with pytest.raises(ValueError, match=r"precision 'bf16'.*layer4\.0\.conv1.*16-px"):
+        precision.check_bf16_training("bf16", "bf16", backbone, [16], "cpu")
+    assert precision.check_bf16_training("bf16", "auto", backbone, [32], "cpu") == "bf16"  # large enough
+    monkeypatch.setattr(precision, "cpu_bf16_conv_defect", lambda: False)  # a CPU (or PyTorch) without it
+    assert precision.check_bf16_training("bf16", "bf16", backbone, [16], "cpu") == "bf16"
+
+
+def test_the_defect_probe_agrees_with_the_kernel():
+    """Where bf16 convolutions run, the probe says whether padded taps of a strided 1-px-wide
+    convolution get garbage; when it says no, 30 more trials of the trigger are all exact."""
+    from monai_cxrssl.engines.precision import cpu_bf16_conv_defect
+
+    if cpu_bf16_conv_defect():
+        return  # found (this machine: AMX/AVX512-BF16 with the 2.13 wheel); what it leads to is tested above
+    x = torch.ones(4, 16, 1, 1, dtype=torch.bfloat16)
+    for _ in range(30):
+        w = torch.zeros(16, 16, 3, 3, requires_grad=True)
+        with autocast("bf16", "cpu"):
+            out = torch.nn.functional.conv2d(x, w, stride=2, padding=1)
+        out.backward(torch.ones_like(out))
+        g = w.grad.clone()
+        assert torch.equal(g[:, :, 1, 1], torch.full((16, 16), 4.0))
+        g[:, :, 1, 1] = 0
+        assert torch.count_nonzero(g) == 0
+
+
+def test_dino_resnet_with_16px_local_crops_trains_finite_and_repeatable_under_auto():
+    """The configuration that hit NaN losses under bf16 on AVX512-BF16 CPUs (ResNet at 32 px, 16 px
+    local crops): under auto it is now finite and the same from run to run, on every CPU."""
+    from ignite.engine import Events
+    from monai.data import Dataset
+    from monai.utils import set_determinism
+
+    from monai_cxrssl.data.dataset import ssl_dataloader
+    from monai_cxrssl.data.views import CXRViewAugment
+    from monai_cxrssl.engines import SSLTrainer
+    from monai_cxrssl.methods import DINO
+    from monai_cxrssl.networks import build_backbone
+
+    g = torch.Generator().manual_seed(0)
+    items = [{"image": torch.rand(1, 32, 32, generator=g)} for _ in range(16)]
+
+    def run():
+        set_determinism(seed=1)
+        method = DINO(build_backbone("resnet10", in_channels=1), n_local_crops=2, out_dim=256, hidden_dim=64,
+                      bottleneck_dim=32)
+        opt = torch.optim.AdamW(method.param_groups(0.04), lr=1e-3)
+        views = [CXRViewAugment(32, scale=(0.4, 1.0))] * 2 + [CXRViewAugment(16, scale=(0.05, 0.4))] * 2
+        losses = []
+        trainer = SSLTrainer("cpu", 3, ssl_dataloader(Dataset(items), batch_size=8, seed=0), method, opt, views, seed=1,
+                             precision="auto")
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+        trainer.run()
+        return trainer.precision, losses
+
+    (p1, a), (p2, b) = run(), run()
+    assert len(a) == 6 and all(map(torch.isfinite, torch.tensor(a)))
+    assert a == b and p1 == p2

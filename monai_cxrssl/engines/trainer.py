@@ -22,6 +22,7 @@ Ignite handler attached by the bundle config.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,12 +35,15 @@ from monai.engines import Trainer
 
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.distributed import get_rank, is_distributed
-from monai_cxrssl.engines.precision import autocast, grad_scaler, resolve_precision, to_channels_last
+from monai_cxrssl.engines.precision import (autocast, check_bf16_training, grad_scaler, resolve_precision,
+                                            to_channels_last)
 from monai_cxrssl.exceptions import NonFiniteLossError
 from monai_cxrssl.methods.base import SSLMethod
 from monai_cxrssl.utils import as_bool
 
 __all__ = ["SSLTrainer"]
+
+logger = logging.getLogger(__name__)
 
 
 class SSLTrainer(Trainer):
@@ -107,8 +111,13 @@ class SSLTrainer(Trainer):
         self.batch_scalars = list(batch_scalars)
         self.image_key = image_key
         self.seed = int(seed)
-        self.precision = resolve_precision(precision, device)
+        # auto's bf16 is not kept for views that meet this CPU's bf16 convolution defect (see precision.py)
+        self.precision = check_bf16_training(resolve_precision(precision, device), precision, self.method.backbone,
+                                             {v.out_size for v in self.views}, device, f"'{method.name}' training")
         self.channels_last = as_bool(channels_last, "channels_last")
+        logger.info("'%s' trains in %s%s%s on %s", method.name, self.precision,
+                    f" (precision {precision})" if precision != self.precision else "",
+                    ", channels_last" if self.channels_last else "", device)
         if self.channels_last:
             to_channels_last(self.method)
         #: fp16 loss scaler (None otherwise); saved and restored by the checkpoint handlers
