@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["CXRSSLError", "CXRReadError", "DatalistError", "CheckpointError", "NonFiniteLossError", "OverrideError"]
+__all__ = ["CXRSSLError", "CXRReadError", "DatalistError", "CheckpointError", "NonFiniteLossError", "OverrideError",
+           "SilentRankError"]
 
 
 class CXRSSLError(Exception):
@@ -40,3 +41,7 @@ class NonFiniteLossError(CXRSSLError, FloatingPointError):
 
 class OverrideError(CXRSSLError, ValueError):
     """A command-line override names no setting of the bundle, or has a value MONAI would rewrite."""
+
+
+class SilentRankError(CXRSSLError, RuntimeError):
+    """Another process of a multi-process run stopped responding; the message names its rank."""

@@ -8,6 +8,8 @@ CI must never pass by skipping the real-data tests.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,19 @@ import pytest
 from monai_cxrssl.paths import shared_data_dir
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config):
+    """A cache of generated demo sets (``monai_cxrssl.data.phantoms.demo_cache_dir``) of this session's own,
+    inherited by every subprocess: each session generates the set once, as a fresh machine does, then copies it."""
+    if "CXRSSL_CACHE_DIR" not in os.environ:
+        os.environ["CXRSSL_CACHE_DIR"] = config._cxrssl_cache = tempfile.mkdtemp(prefix="cxrssl-test-cache-")
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_cxrssl_cache", None):
+        shutil.rmtree(config._cxrssl_cache, ignore_errors=True)
+        os.environ.pop("CXRSSL_CACHE_DIR", None)
 
 
 def _require(path: Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -72,9 +73,21 @@ def test_pretrain_probe_evaluate_infer(tmp_path, pretrained):
 def test_finetune_resumes_and_refuses_a_foreign_backbone(tmp_path, pretrained):
     out = tmp_path / "ft"
     bundle(TRAIN, out, "--mode", "finetune", "--epochs", "1", *SMALL)
+    shutil.copy(out / "checkpoint.pt", tmp_path / "epoch1.pt")
     bundle(TRAIN, out, "--mode", "finetune", "--epochs", "2", "--resume", "true", *SMALL)
     ckpt = read_checkpoint(out / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and ckpt["extra_state"]["batches"]["calls"] == ckpt["iteration"]
+    # epoch 2 again, from the epoch-1 checkpoint (as after a crash late in epoch 2): TensorBoard shows each
+    # training iteration and each validation epoch once
+    bundle(TRAIN, out, "--mode", "finetune", "--epochs", "2", "--resume", tmp_path / "epoch1.pt", *SMALL)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for folder, tag, steps in (("tensorboard/validation", "val_auc", [1, 2]),
+                               ("tensorboard", "train_loss", list(range(1, ckpt["iteration"] + 1)))):
+        acc = EventAccumulator(str(out / folder))
+        acc.Reload()
+        assert tag in acc.Tags()["scalars"], (folder, acc.Tags()["scalars"])
+        assert [e.step for e in acc.Scalars(tag)] == steps, (folder, [e.step for e in acc.Scalars(tag)])
     # a checkpoint of another backbone is refused before training, naming the problem
     proc = bundle(TRAIN, tmp_path / "bad", "--init_weights", pretrained, *[a if a != "resnet10" else "resnet18"
                                                                           for a in SMALL], check=False)

@@ -48,3 +48,69 @@ def test_simclr_bundle_under_torchrun(tmp_path):
              "--batch_size", "4", "--backbone", "resnet10", "--epochs", "2", "--progress",
              "false", "--cache_workers", "1", "--resume", "true")
     assert read_checkpoint(out / "checkpoint.pt")["iteration"] == 2 * ckpt["iteration"]
+
+
+def _child_with_rank(parent: int, rank: int) -> int | None:
+    """The pid of ``parent``'s child process whose environment has ``RANK=rank`` (a torchrun worker)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if f"RANK={rank}".encode() in f.read().split(b"\0"):
+                    return int(entry)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_ends_the_run_within_the_timeout_naming_it(tmp_path):
+    """SIGSTOP one of two processes mid-training: the other gives up after dist_timeout_s (not Gloo's 30
+    minutes) and the run ends with an error naming the silent rank."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from monai_cxrssl.paths import REPO_ROOT
+
+    configs = "['bundles/simclr_cxr/configs/train.json','bundles/simclr_cxr/configs/multi_gpu_train.json']"
+    log = tmp_path / "run.log"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+             "monai.bundle", "run", "--config_file", configs, "--output_dir", str(tmp_path / "out"),
+             "--image_size", "32", "--batch_size", "4", "--backbone", "resnet10", "--epochs", "50", "--progress",
+             "false", "--log_every", "1", "--cache_workers", "1", "--dist_timeout_s", "10"],
+            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    stopped = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if "Iter: 2/" in log.read_text(errors="replace"):
+                stopped = _child_with_rank(proc.pid, 1)
+                break
+            time.sleep(0.5)
+        assert stopped is not None, f"training did not start, or rank 1 was not found:\n{log.read_text()[-3000:]}"
+        os.kill(stopped, signal.SIGSTOP)
+        t0 = time.monotonic()
+        proc.wait(timeout=240)
+        waited = time.monotonic() - t0
+    finally:
+        for p in filter(None, (stopped, proc.pid if proc.poll() is None else None)):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    text = log.read_text(errors="replace")
+    assert proc.returncode != 0
+    assert "SilentRankError" in text and "rank 1 (last heartbeat" in text and "stopped responding" in text, text[-4000:]
+    assert "dist_timeout_s" in text and "10 s" in text
+    assert 10 <= waited < 10 + 120, f"the run ended {waited:.0f} s after rank 1 stopped"
+    print(f"rank 1 stopped: the run ended {waited:.0f} s later;", next(l for l in text.splitlines() if "SilentRankError:" in l))

@@ -246,8 +246,9 @@ def test_demo_loads_with_monai(demo):
         assert items and all(Path(i["image"]).is_file() and Path(i["image"]).is_absolute() for i in items)
 
 
-def test_demo_is_deterministic(tmp_path, demo):
+def test_demo_is_deterministic(tmp_path, demo, monkeypatch):
     out, data = demo
+    monkeypatch.setenv("CXRSSL_CACHE_DIR", str(tmp_path / "empty_cache"))  # generated again, not copied
     again = write_demo_dataset(tmp_path, n_train=20, n_val=8, n_test=8, size=64, seed=3)
     assert again == data
     for item in data["training"][:5]:
@@ -285,6 +286,35 @@ def test_demo_reused_then_regenerated(tmp_path, caplog):
     fourth = write_demo_dataset(tmp_path, **{**kwargs, "n_train": 4, "size": 40})
     assert fourth == third and missing.is_file()
 
+
+
+def test_demo_cache_copies_what_generation_writes_and_regenerates_a_tampered_entry(tmp_path, monkeypatch, caplog):
+    from monai_cxrssl.data.phantoms import demo_cache_dir
+
+    kwargs = dict(n_train=6, n_val=2, n_test=2, size=48, seed=5)
+    monkeypatch.setenv("CXRSSL_CACHE_DIR", str(tmp_path / "cache"))
+    with caplog.at_level(logging.WARNING, logger="monai_cxrssl.data.phantoms"):
+        first = write_demo_dataset(tmp_path / "a", **kwargs)  # generated, then kept in the cache
+        assert "copied from the cache" not in caplog.text
+        second = write_demo_dataset(tmp_path / "b", **kwargs)
+        assert "copied from the cache" in caplog.text and "SYNTHETIC" in caplog.text
+    assert second == first
+    names = sorted(p.name for p in (tmp_path / "a" / "images").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b" / "images").iterdir())
+    for n in names:
+        assert (tmp_path / "a" / "images" / n).read_bytes() == (tmp_path / "b" / "images" / n).read_bytes()
+    # a damaged cache entry is noticed (SHA-256 manifest) and the set generated afresh, identical
+    (entry,) = [d for d in demo_cache_dir().iterdir() if not d.name.startswith(".")]
+    (entry / "images" / names[0]).write_bytes(b"not a png")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_cxrssl.data.phantoms"):
+        third = write_demo_dataset(tmp_path / "c", **kwargs)
+    assert third == first and "copied from the cache" not in caplog.text
+    assert (tmp_path / "c" / "images" / names[0]).read_bytes() == (tmp_path / "a" / "images" / names[0]).read_bytes()
+    # a cache that cannot be written changes nothing
+    (tmp_path / "not_a_dir").write_text("")
+    monkeypatch.setenv("CXRSSL_CACHE_DIR", str(tmp_path / "not_a_dir"))
+    assert write_demo_dataset(tmp_path / "d", **kwargs) == first
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"training": [{"image": "x.png", "label": 0}]})])

@@ -17,9 +17,12 @@ image's right.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -492,6 +495,20 @@ def write_demo_dataset(
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     datalist_file.unlink(missing_ok=True)  # never leave a datalist describing a half-written set
+    cached = _from_cache(generator, image_dir)
+    if cached is not None:
+        names = {Path(e["image"]).name for split in counts for e in cached[split]}
+        for stale in image_dir.glob("demo-p*.png"):
+            if stale.name not in names:
+                stale.unlink()
+        _write_text_atomic(out_dir / "README.txt", _README)
+        _write_text_atomic(datalist_file, json.dumps(cached, indent=2) + "\n")
+        n_patients = len({e["patient_id"] for split in counts for e in cached[split]})
+        logger.warning(
+            "wrote %d SYNTHETIC demo chest X-ray phantoms (%d patients) to %s: not real radiographs, "
+            "for demos and smoke tests only, not for any evaluation (copied from the cache in %s)",
+            sum(len(cached[split]) for split in counts), n_patients, out_dir, demo_cache_dir())
+        return cached
 
     rng = np.random.default_rng([seed, 0xDE30])
     datalist: dict[str, Any] = {
@@ -540,4 +557,69 @@ def write_demo_dataset(
         patient,
         out_dir,
     )
+    _to_cache(generator, datalist, image_dir)
     return datalist
+
+
+# ------------------------------------------------------------------ the demo set's cache
+def demo_cache_dir() -> Path:
+    """Where generated demo sets are kept for the next run: ``$CXRSSL_CACHE_DIR/demo`` (default
+    ``~/.cache/monai_cxrssl/demo``). Generating the set takes seconds (a bundle run on the demo
+    data writes one into each output folder); copying it, milliseconds."""
+    root = os.environ.get("CXRSSL_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+        "monai_cxrssl"
+    return Path(root) / "demo"
+
+
+def _cache_key(generator: Mapping) -> str:
+    """The generator's parameters and this module's source: a changed generator never reuses old images."""
+    h = hashlib.sha256(json.dumps(dict(generator), sort_keys=True).encode())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _from_cache(generator: Mapping, image_dir: Path) -> dict | None:
+    """The cached set's datalist, its images copied into ``image_dir`` after checking each one's
+    SHA-256 against the cache's manifest; ``None`` when there is no (intact) cached set."""
+    entry = demo_cache_dir() / _cache_key(generator)
+    try:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        datalist, digests = manifest["datalist"], manifest["sha256"]
+        if datalist.get("generator") != dict(generator):
+            return None
+        for name, digest in digests.items():
+            data = (entry / "images" / name).read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
+                logger.info("demo cache %s: %s does not match its manifest; regenerating", entry, name)
+                shutil.rmtree(entry, ignore_errors=True)  # the fresh set takes its place
+                return None
+            with atomic_write(image_dir / name) as f:
+                f.write(data)
+        return datalist
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _to_cache(generator: Mapping, datalist: dict, image_dir: Path) -> None:
+    """Keep a copy of a freshly written set (best effort: an unwritable cache changes nothing). The
+    entry is assembled in a temporary folder and renamed into place, so a reader sees all or none."""
+    root = demo_cache_dir()
+    entry = root / _cache_key(generator)
+    if entry.exists():
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
+        try:
+            (tmp / "images").mkdir()
+            digests = {}
+            for e in (e for split in ("training", "validation", "test") for e in datalist.get(split, [])):
+                name = Path(e["image"]).name
+                shutil.copyfile(image_dir / name, tmp / "images" / name)
+                digests[name] = hashlib.sha256((tmp / "images" / name).read_bytes()).hexdigest()
+            (tmp / "manifest.json").write_text(json.dumps({"datalist": datalist, "sha256": digests}))
+            os.rename(tmp, entry)  # fails if another process got there first: theirs is as good
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        logger.debug("demo set not cached in %s: %s", root, e)

@@ -49,25 +49,30 @@ def _resume_target(resume, checkpoint) -> Path | None:
     return Path(checkpoint) if as_bool(resume, "resume") and checkpoint is not None else None
 
 
-def tensorboard_writer(log_dir, resume=False, checkpoint=None):
+def tensorboard_writer(log_dir, resume=False, checkpoint=None, step="iteration"):
     """A TensorBoard ``SummaryWriter`` for a run that may resume from ``checkpoint``.
 
-    A resumed run repeats the iterations after its checkpoint that the interrupted run had already logged; the
-    writer's ``purge_step`` (the checkpoint's iteration + 1) hides those stale events, so each step appears once.
-    Pass it to MONAI's ``TensorBoardStatsHandler(summary_writer=...)`` of an iteration-level handler.
+    A resumed run repeats the steps after its checkpoint that the interrupted run had already logged; the
+    writer's ``purge_step`` (the checkpoint's iteration, or epoch, + 1) hides those stale events, so each step
+    appears once. Pass it to MONAI's ``TensorBoardStatsHandler(summary_writer=...)``. TensorBoard purges every
+    tag of a folder at that step: iteration-level and epoch-level (e.g. validation) events need folders of
+    their own.
 
     Args:
         log_dir: the event folder.
         resume: the bundle's ``resume`` setting (``false``, ``true`` or a checkpoint path).
         checkpoint: the run's own checkpoint, used when ``resume`` is true.
+        step: ``"iteration"`` or ``"epoch"``: what the handler's steps count.
     """
     from torch.utils.tensorboard import SummaryWriter
 
+    if step not in ("iteration", "epoch"):
+        raise ValueError(f"step must be 'iteration' or 'epoch', got {step!r}")
     target = _resume_target(resume, checkpoint)
     purge = None
     if target is not None and target.is_file() and is_main_process():
         try:
-            purge = int(read_checkpoint(target).get("iteration", 0)) + 1
+            purge = int(read_checkpoint(target).get(step, 0)) + 1
         except CheckpointError:
             purge = None  # the resume itself reports the bad file, before any training
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge)

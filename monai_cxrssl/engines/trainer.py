@@ -34,10 +34,10 @@ from torch.optim import Optimizer
 from monai.engines import Trainer
 
 from monai_cxrssl.data.views import CXRViewAugment
-from monai_cxrssl.distributed import get_rank, is_distributed
+from monai_cxrssl.distributed import Heartbeat, describe_silent_ranks, get_rank, is_distributed
 from monai_cxrssl.engines.precision import (autocast, check_bf16_training, grad_scaler, resolve_precision,
                                             to_channels_last)
-from monai_cxrssl.exceptions import NonFiniteLossError
+from monai_cxrssl.exceptions import NonFiniteLossError, SilentRankError
 from monai_cxrssl.methods.base import SSLMethod
 from monai_cxrssl.utils import as_bool
 
@@ -130,6 +130,11 @@ class SSLTrainer(Trainer):
                 if device.type == "cuda" else None
             forward = DistributedDataParallel(self.method, device_ids=ids)
         self._forward = torch.compile(forward) if self.compile else forward
+        if self.distributed:  # a silent process is named when a step times out waiting for it
+            self.heartbeat = Heartbeat()
+            self.add_event_handler(Events.STARTED, lambda _: self.heartbeat.start())
+            for event in (Events.COMPLETED, Events.TERMINATE):  # (an exception ends the process, and it)
+                self.add_event_handler(event, lambda *_: self.heartbeat.stop())
         # batch samplers with an epoch (MICLe's) get it like MONAI gives DistributedSampler theirs
         batch_sampler = getattr(train_data_loader, "batch_sampler", None)
         if hasattr(batch_sampler, "set_epoch"):
@@ -149,6 +154,17 @@ class SSLTrainer(Trainer):
         return x
 
     def _iteration(self, engine: SSLTrainer, batchdata: dict) -> dict[str, torch.Tensor]:
+        if not self.distributed:
+            return self._step(engine, batchdata)
+        try:
+            return self._step(engine, batchdata)
+        except RuntimeError as e:  # a collective that gave up: name the processes that stopped answering
+            silent = describe_silent_ranks(f"epoch {engine.state.epoch}, iteration {engine.state.iteration}")
+            if silent is None:
+                raise
+            raise SilentRankError(silent) from e
+
+    def _step(self, engine: SSLTrainer, batchdata: dict) -> dict[str, torch.Tensor]:
         device = engine.state.device
         sources = {k: self._images(batchdata, k, device) for k in dict.fromkeys(self.view_keys)}
         rng, gen = self._view_rng(engine.state.iteration)
