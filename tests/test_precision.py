@@ -177,3 +177,22 @@ def test_dino_resnet_with_16px_local_crops_trains_finite_and_repeatable_under_au
     (p1, a), (p2, b) = run(), run()
     assert len(a) == 6 and all(map(torch.isfinite, torch.tensor(a)))
     assert a == b and p1 == p2
+
+
+def test_classifier_training_through_the_fast_inferer_avoids_the_defect_too(monkeypatch, caplog):
+    import monai_cxrssl.engines.precision as precision
+    from monai_cxrssl.networks import build_backbone
+
+    monkeypatch.setattr(precision, "cpu_bf16_conv_defect", lambda: True)
+    network = build_backbone("resnet10", in_channels=1)
+    auto = precision.FastInferer("auto", channels_last=False)
+    with caplog.at_level("WARNING", logger="monai_cxrssl.engines.precision"):
+        auto(torch.rand(2, 1, 16, 16), network).sum().backward()  # training: gradients needed
+        auto(torch.rand(2, 1, 32, 32), network)
+    if precision.resolve_precision("auto", "cpu") == "bf16":
+        assert auto._checked[network] == {(16, 16): "fp32", (32, 32): "bf16"}
+        assert "training the classifier" in caplog.text and "layer4.0.conv1" in caplog.text
+        with pytest.raises(ValueError, match="layer4.0.conv1"):
+            precision.FastInferer("bf16", channels_last=False)(torch.rand(2, 1, 16, 16), network)
+    with torch.no_grad():  # inference: the forward pass is right, bf16 stays
+        assert precision.FastInferer("bf16", channels_last=False)(torch.rand(2, 1, 16, 16), network).dtype == torch.float32
