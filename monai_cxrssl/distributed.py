@@ -89,6 +89,11 @@ def init_process_group(backend: str | None = None, timeout_s: float = DEFAULT_TI
     return True
 
 
+def _beat_interval_s() -> float:
+    """Seconds between heartbeats: a tenth of the group's timeout, at most 5 s."""
+    return min(5.0, (_timeout_s or DEFAULT_TIMEOUT_S) / 10)
+
+
 def _store():
     """The process group's key-value store (the one ``torchrun`` set up), or ``None``."""
     try:
@@ -107,7 +112,7 @@ class Heartbeat:
     """
 
     def __init__(self, interval_s: float | None = None):
-        self.interval_s = float(interval_s or min(5.0, (_timeout_s or DEFAULT_TIMEOUT_S) / 10))
+        self.interval_s = float(interval_s or _beat_interval_s())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -145,7 +150,7 @@ def describe_silent_ranks(waited_at: str, max_age_s: float | None = None) -> str
     store = _store() if is_distributed() else None
     if store is None:
         return None
-    max_age_s = max_age_s or 3 * min(5.0, (_timeout_s or DEFAULT_TIMEOUT_S) / 10)
+    max_age_s = max_age_s or 3 * _beat_interval_s()
     now, silent = time.time(), []
     for rank in range(get_world_size()):
         try:

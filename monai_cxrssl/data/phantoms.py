@@ -495,21 +495,34 @@ def write_demo_dataset(
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     datalist_file.unlink(missing_ok=True)  # never leave a datalist describing a half-written set
-    cached = _from_cache(generator, image_dir)
-    if cached is not None:
-        names = {Path(e["image"]).name for split in counts for e in cached[split]}
-        for stale in image_dir.glob("demo-p*.png"):
-            if stale.name not in names:
-                stale.unlink()
-        _write_text_atomic(out_dir / "README.txt", _README)
-        _write_text_atomic(datalist_file, json.dumps(cached, indent=2) + "\n")
-        n_patients = len({e["patient_id"] for split in counts for e in cached[split]})
-        logger.warning(
-            "wrote %d SYNTHETIC demo chest X-ray phantoms (%d patients) to %s: not real radiographs, "
-            "for demos and smoke tests only, not for any evaluation (copied from the cache in %s)",
-            sum(len(cached[split]) for split in counts), n_patients, out_dir, demo_cache_dir())
-        return cached
+    datalist = _from_cache(generator, image_dir)
+    if datalist is None:
+        datalist = _generate(generator, counts, image_dir)
+        _to_cache(generator, datalist, image_dir)
+        source = ""
+    else:
+        source = f" (copied from the cache in {demo_cache_dir()})"
+    entries = [e for split in counts for e in datalist[split]]
+    names = {Path(e["image"]).name for e in entries}
+    for stale in image_dir.glob("demo-p*.png"):
+        if stale.name not in names:
+            stale.unlink()
+    _write_text_atomic(out_dir / "README.txt", _README)
+    _write_text_atomic(datalist_file, json.dumps(datalist, indent=2) + "\n")
+    logger.warning(
+        "wrote %d SYNTHETIC demo chest X-ray phantoms (%d patients) to %s: not real radiographs, "
+        "for demos and smoke tests only, not for any evaluation%s",
+        len(entries),
+        len({e["patient_id"] for e in entries}),
+        out_dir,
+        source,
+    )
+    return datalist
 
+
+def _generate(generator: Mapping, counts: Mapping[str, int], image_dir: Path) -> dict[str, Any]:
+    """Write the set's images into ``image_dir``; its datalist (see :func:`write_demo_dataset`)."""
+    size, seed = generator["size"], generator["seed"]
     rng = np.random.default_rng([seed, 0xDE30])
     datalist: dict[str, Any] = {
         "description": _DESCRIPTION,
@@ -518,7 +531,6 @@ def write_demo_dataset(
         "classes": list(_CLASSES),
         "generator": generator,
     }
-    written: set[str] = set()
     patient = 0
     for split, n in counts.items():
         labels = rng.permutation(np.arange(n) % 2)
@@ -540,24 +552,9 @@ def write_demo_dataset(
                     opacity=bool(label),
                 )
                 _save_png16(img, image_dir / name)
-                written.add(name)
                 entries.append({"image": f"images/{name}", "label": label, "patient_id": pid})
             patient += 1
         datalist[split] = entries
-
-    for stale in image_dir.glob("demo-p*.png"):
-        if stale.name not in written:
-            stale.unlink()
-    _write_text_atomic(out_dir / "README.txt", _README)
-    _write_text_atomic(datalist_file, json.dumps(datalist, indent=2) + "\n")
-    logger.warning(
-        "wrote %d SYNTHETIC demo chest X-ray phantoms (%d patients) to %s: not real radiographs, "
-        "for demos and smoke tests only, not for any evaluation",
-        len(written),
-        patient,
-        out_dir,
-    )
-    _to_cache(generator, datalist, image_dir)
     return datalist
 
 

@@ -154,13 +154,12 @@ class SSLTrainer(Trainer):
         return x
 
     def _iteration(self, engine: SSLTrainer, batchdata: dict) -> dict[str, torch.Tensor]:
-        if not self.distributed:
-            return self._step(engine, batchdata)
         try:
             return self._step(engine, batchdata)
         except RuntimeError as e:  # a collective that gave up: name the processes that stopped answering
-            silent = describe_silent_ranks(f"epoch {engine.state.epoch}, iteration {engine.state.iteration}")
-            if silent is None:
+            silent = self.distributed and describe_silent_ranks(
+                f"epoch {engine.state.epoch}, iteration {engine.state.iteration}")
+            if not silent:
                 raise
             raise SilentRankError(silent) from e
 
