@@ -1,18 +1,95 @@
-"""Run the project's command lines in a subprocess, as a user would, and fail the test with the output tail.
+"""Run the project's command lines in a process of their own, as a user would, and fail the test with the
+output tail.
 
 One helper for every end-to-end test: ``python -m monai.bundle run``, ``torchrun`` and the package's own
 command lines. Imported by the tests as ``from runner import ...`` (pytest puts ``tests/`` on ``sys.path``).
+
+``python`` commands are forked from a server that has done the heavy imports once (``tests/zygote.py``: the
+same command line, working directory and environment in a fresh child process, without the ~8 s of imports
+per command); ``torchrun`` and ``CXRSSL_TEST_FRESH_PROCESSES=1`` start fresh interpreters.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from monai_cxrssl.paths import REPO_ROOT
+
+ZYGOTE = Path(__file__).with_name("zygote.py")
+
+
+class Zygote:
+    """The client of one ``tests/zygote.py`` server (started on first use, stopped when the tests end)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, str(ZYGOTE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     cwd=REPO_ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        self.lock = threading.Lock()
+        self._buffer = b""
+        if not self._read(timeout=300).get("ready"):
+            raise RuntimeError("tests/zygote.py did not start")
+
+    def _read(self, timeout: float | None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"tests/zygote.py ended (exit status {self.proc.wait()})")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, args: list[str], cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        with self.lock, tempfile.TemporaryDirectory(prefix="zygote-") as tmp:
+            out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
+            request = {"argv": args, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+            pid = self._read(timeout=60)["pid"]
+            try:
+                rc = self._read(timeout=timeout)["returncode"]
+            except TimeoutError:
+                os.killpg(pid, signal.SIGKILL)
+                self._read(timeout=60)
+                raise subprocess.TimeoutExpired([sys.executable, *args], timeout, out.read_text(errors="replace"),
+                                                err.read_text(errors="replace")) from None
+            return subprocess.CompletedProcess([sys.executable, *args], rc, out.read_text(errors="replace"),
+                                               err.read_text(errors="replace"))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+_ZYGOTE: Zygote | None = None
+
+
+def _zygote() -> Zygote:
+    global _ZYGOTE
+    if _ZYGOTE is None:
+        _ZYGOTE = Zygote()
+        atexit.register(_ZYGOTE.close)
+    return _ZYGOTE
 
 
 def run_python(*args, check: bool = True, timeout: float = 600, threads: int | None = None, cwd=REPO_ROOT):
@@ -25,7 +102,11 @@ def run_python(*args, check: bool = True, timeout: float = 600, threads: int | N
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    fresh = os.environ.get("CXRSSL_TEST_FRESH_PROCESSES", "").strip().lower() in ("1", "true", "yes")
+    if fresh or cmd[1:3] == ["-m", "torch.distributed.run"]:  # torchrun: its workers are fresh interpreters anyway
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    else:
+        proc = _zygote().run(cmd[1:], cwd, env, timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

@@ -157,3 +157,54 @@ def test_bundle_probe_never_sees_the_test_list(tmp_path):
     assert info_a["linear_solver"] == "lbfgs" and info_a["n_labels"] == info_a["n_train"] and info_a["n_val"] == 0
     for key in state_a:
         assert torch.equal(state_a[key], state_b[key]), key
+
+
+class _Untouchable(list):
+    """A validation set that fails the test if anything reads it."""
+
+    def __getitem__(self, i):
+        raise AssertionError("the validation entries were read")
+
+    def __len__(self):
+        return 7
+
+
+def test_lp_ft_fits_the_head_of_a_finetune_network_on_its_training_entries_only(tmp_path):
+    rng = np.random.default_rng(3)
+    backbone = build_backbone("resnet10")
+    images = [{"image": torch.tensor(rng.random((1, 32, 32)), dtype=torch.float32),
+               "target": torch.tensor([float(i % 2)]), "patient_id": f"p{i // 2}"} for i in range(40)]
+    net = CXRClassifier(backbone, num_outputs=1, mode="finetune")
+    assert all(p.requires_grad for p in net.backbone.parameters())
+    report = LogisticProbe(net, images, _Untouchable(), task="binary").init_head()
+    (fit,) = report["fits"]
+    assert report["n_labelled"] == 40 and report["n_patients"] == 20 and fit["n_splits"] == 5
+    # the head is scikit-learn's fit at the chosen C on the frozen features of the training entries
+    x = torch.stack([im["image"] for im in images])
+    net.eval()
+    with torch.no_grad():
+        feats = net.features((x - 0.5) / 0.25).double().numpy()
+        got = torch.sigmoid(net((x - 0.5) / 0.25))[:, 0].numpy()
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=fit["C"], max_iter=5000)).fit(feats, np.arange(40) % 2)
+    np.testing.assert_allclose(got, ref.predict_proba(feats)[:, 1], atol=2e-3)
+    assert all(p.requires_grad for p in net.backbone.parameters()), "the backbone must still train"
+    # fit_classifier runs it before the trainer, only when fine-tuning, and not when resuming
+    calls = []
+
+    class Probe:
+        def init_head(self):
+            calls.append("probe")
+
+    class Trainer:
+        def run(self):
+            calls.append("train")
+
+    fit_classifier("finetune", "lbfgs", Probe(), Trainer(), head_init="probe")
+    assert calls == ["probe", "train"]
+    (tmp_path / "checkpoint.pt").write_bytes(b"")  # a run resuming from its checkpoint takes the head from there
+    fit_classifier("finetune", "lbfgs", Probe(), Trainer(), "probe", True, tmp_path / "checkpoint.pt")
+    assert calls == ["probe", "train", "train"]
+    with pytest.raises(ValueError, match="mode 'finetune'"):
+        fit_classifier("linear", "adamw", Probe(), Trainer(), head_init="probe")
+    with pytest.raises(ValueError, match="head_init must be one of"):
+        fit_classifier("finetune", "lbfgs", Probe(), Trainer(), head_init="lp")

@@ -53,3 +53,19 @@ def test_a_pickle_payload_runs_at_no_entry_point(tmp_path):
     with pytest.raises(CheckpointError, match=r"weights.pt' cannot be read safely"):
         read_checkpoint(bad)
     assert not marker.exists()
+
+
+def test_nothing_in_the_repository_unpickles_with_weights_only_false():
+    """The code, tests, notebooks, benchmarks and docs never show ``torch.load(..., weights_only=False)``."""
+    import re
+
+    from monai_cxrssl.paths import REPO_ROOT
+
+    pattern = re.compile(r"weights_only\s*=\s*False")
+    files = [p for d in ("monai_cxrssl", "tests", "tutorials", "benchmarks", "bundles", "docs")
+             for p in (REPO_ROOT / d).rglob("*") if p.suffix in {".py", ".ipynb", ".md", ".json"}]
+    files += [REPO_ROOT / "README.md"]
+    assert len(files) > 50
+    this = "test_untrusted_files.py"
+    found = [str(p.relative_to(REPO_ROOT)) for p in files if p.name != this and pattern.search(p.read_text())]
+    assert found == []

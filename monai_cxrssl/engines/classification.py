@@ -28,7 +28,7 @@ from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.exceptions import CheckpointError, NonFiniteLossError
 from monai_cxrssl.utils import atomic_write
 
-__all__ = ["ClassificationBatch", "BestModelHandler", "ModelSelection", "NonFiniteLossCheck", "fit_classifier", "load_trained_classifier", "export_torchscript", "MODEL_INFO"]
+__all__ = ["ClassificationBatch", "BestModelHandler", "ModelSelection", "NonFiniteLossCheck", "fit_classifier", "HEAD_INITS", "load_trained_classifier", "export_torchscript", "MODEL_INFO"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,16 +233,38 @@ class ModelSelection:
 LINEAR_SOLVERS = ("lbfgs", "adamw")
 
 
-def fit_classifier(mode: str, linear_solver: str, probe, trainer: Engine):
+HEAD_INITS = ("random", "probe")
+
+
+def fit_classifier(mode: str, linear_solver: str, probe, trainer: Engine, head_init: str = "random",
+                   resume=False, checkpoint=None):
     """Train the classifier: a linear probe by ``linear_solver`` ``lbfgs`` (:class:`LogisticProbe`: logistic
     regression to convergence, C by cross-validation), else the trainer (``adamw``: the head, or the whole
-    network when fine-tuning, by gradient steps for ``epochs``)."""
+    network when fine-tuning, by gradient steps for ``epochs``).
+
+    ``head_init`` (fine-tuning): ``random`` (the head starts at its random initialisation), or ``probe``
+    (LP-FT: the head first fitted by the logistic probe on the frozen features of the training entries, see
+    :meth:`LogisticProbe.init_head`). A run that resumes from its checkpoint (``resume``, ``checkpoint``: the
+    bundle's settings) takes its head from there instead."""
+    from monai_cxrssl.engines.checkpoint import _resume_target
+
     if linear_solver not in LINEAR_SOLVERS:
         raise ValueError(f"linear_solver must be one of {LINEAR_SOLVERS}, got {linear_solver!r}")
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
     if mode == "linear" and linear_solver == "lbfgs":
         logger.info("linear probe by L-BFGS logistic regression: epochs, learning_rate, patience and the "
                     "augmentation settings are unused (linear_solver 'adamw' uses them)")
         return probe.run()
+    if head_init == "probe":
+        if mode != "finetune":
+            raise ValueError("head_init 'probe' initialises the head of a fine-tuning run (mode 'finetune'); "
+                             f"mode is {mode!r}")
+        target = _resume_target(resume, checkpoint)
+        if target is not None and target.is_file():
+            logger.info("head_init 'probe': resuming from %s, which holds the head", target)
+        else:
+            probe.init_head()
     return trainer.run()
 
 

@@ -88,6 +88,10 @@ class LogisticProbe:
         items = self._features(self.train_data) + self._features(self.val_data)
         if not items:
             raise CXRSSLError("the logistic probe has no labelled entries to fit")
+        return self._arrays(items)
+
+    @staticmethod
+    def _arrays(items: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.stack([np.asarray(it["image"], dtype=np.float64) for it in items])
         y = np.stack([np.asarray(it["target"], dtype=np.float64).reshape(-1) for it in items])
         groups = np.array([str(it.get("patient_id") or f"#entry{i}") for i, it in enumerate(items)])
@@ -127,13 +131,8 @@ class LogisticProbe:
             logger.warning("%s: the chosen C=%g is at the edge of the grid [%g, %g]", what, c, self.Cs[0], self.Cs[-1])
         return search.best_estimator_, c, float(search.best_score_), n_splits
 
-    def run(self) -> dict:
-        """Fit, write the scaler and coefficients into the network, save it; returns what was chosen."""
-        if getattr(self.network, "mode", None) != "linear":
-            raise CXRSSLError("the logistic probe fits a linear-mode classifier (mode 'linear'); "
-                              f"this one is in mode {getattr(self.network, 'mode', None)!r}")
-        t0 = time.monotonic()
-        x, y, groups = self.labelled()
+    def _fit_head(self, x, y, groups) -> list[dict]:
+        """Fit the probe on ``(x, y, groups)`` and write the scaler and coefficients into the network."""
         head = self.network.head[-1]
         k_out = head.out_features
         weight = np.zeros((k_out, x.shape[1]))
@@ -171,6 +170,35 @@ class LogisticProbe:
             net.feature_std.copy_(torch.as_tensor(scale, dtype=net.feature_std.dtype))
             head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
             head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+        return fits
+
+    def init_head(self) -> dict:
+        """LP-FT (Kumar et al., ICLR 2022): before a ``finetune``-mode classifier trains end to end, set its
+        head (and feature standardisation) to the converged probe of its frozen initial features, fitted on
+        the *training* entries only (``val_data`` stays unseen, for model selection). Fine-tuning then starts
+        from a head that already fits the features instead of a random one, whose first large gradients
+        would otherwise reshape the pretrained features. Nothing is saved; returns what was fitted."""
+        t0 = time.monotonic()
+        items = self._features(self.train_data)
+        if not items:
+            raise CXRSSLError("head_init 'probe': the classifier has no training entries to fit its head on")
+        x, y, groups = self._arrays(items)
+        fits = self._fit_head(x, y, groups)
+        report = {"head_init": "probe", "n_labelled": int(len(x)), "n_patients": int(len(set(groups))),
+                  "fits": fits, "fit_time_s": round(time.monotonic() - t0, 3)}
+        logger.info("head_init 'probe': head fitted by logistic regression on the frozen features of %d training "
+                    "entries (%d patients), C=%s; fine-tuning starts from it", len(x), report["n_patients"],
+                    [f["C"] for f in fits])
+        return report
+
+    def run(self) -> dict:
+        """Fit, write the scaler and coefficients into the network, save it; returns what was chosen."""
+        if getattr(self.network, "mode", None) != "linear":
+            raise CXRSSLError("the logistic probe fits a linear-mode classifier (mode 'linear'); "
+                              f"this one is in mode {getattr(self.network, 'mode', None)!r}")
+        t0 = time.monotonic()
+        x, y, groups = self.labelled()
+        fits = self._fit_head(x, y, groups)
         scores = [f["cv_auc"] for f in fits if f["cv_auc"] is not None]
         cv_auc = float(np.mean(scores)) if scores else None
         self.report = {"solver": "lbfgs", "penalty": "l2", "n_labelled": int(len(x)),
