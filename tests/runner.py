@@ -65,7 +65,10 @@ class Zygote:
             try:
                 rc = self._read(timeout=timeout)["returncode"]
             except TimeoutError:
-                os.killpg(pid, signal.SIGKILL)
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended just now
+                    pass
                 self._read(timeout=60)
                 raise subprocess.TimeoutExpired([sys.executable, *args], timeout, out.read_text(errors="replace"),
                                                 err.read_text(errors="replace")) from None

@@ -181,8 +181,8 @@ class LogisticProbe:
         t0 = time.monotonic()
         if (getattr(self.network, "init_report", None) or {}).get("source") == "random":
             logger.warning("head_init 'probe' on a randomly initialised backbone: a probe of random features is a "
-                           "poor start for fine-tuning (measured on Kermany at 64 px: test AUC 0.801 against 0.929 "
-                           "with head_init 'random' at 10%% of the labels); it is meant for pretrained backbones")
+                           "poor start for fine-tuning (measured in docs/results/kermany_lpft_dino.md); it is meant "
+                           "for pretrained backbones")
         items = self._features(self.train_data)
         if not items:
             raise CXRSSLError("head_init 'probe': the classifier has no training entries to fit its head on")
