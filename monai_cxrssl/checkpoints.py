@@ -23,8 +23,8 @@ import torch
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.utils import atomic_write, check_free_space
 
-__all__ = ["SSL_CHECKPOINT", "BACKBONE_EXPORT", "atomic_save", "read_checkpoint", "load_backbone_weights", "strip_prefixes",
-           "file_sha256", "initialisation_chain"]
+__all__ = ["SSL_CHECKPOINT", "BACKBONE_EXPORT", "atomic_save", "read_checkpoint", "load_backbone_weights",
+           "load_pretrained_encoder", "strip_prefixes", "file_sha256", "initialisation_chain"]
 
 SSL_CHECKPOINT = "monai_cxrssl/ssl-checkpoint"
 BACKBONE_EXPORT = "monai_cxrssl/backbone"
@@ -102,6 +102,37 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | os.PathLike) ->
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint '{path}' does not fit the backbone: {e}") from e
     return ckpt
+
+
+#: preprocessing a pretraining run used, for exports that do not record it (the pretraining bundles' defaults)
+PREPROCESSING_DEFAULTS = {"resize_mode": "pad", "apply_voi": True}
+
+
+def load_pretrained_encoder(backbone: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """``backbone`` with the weights of a pretraining run's export, in eval mode, for embedding images.
+
+    The export's backbone spec must match ``backbone`` (a clear :class:`CheckpointError` names both when it
+    does not: e.g. a ResNet-50 config given a ResNet-18 export). ``backbone.info`` is set to what the
+    pretraining run recorded: ``method``, ``epoch``, ``backbone`` (spec), ``image_size``, ``resize_mode``,
+    ``apply_voi`` (the preprocessing to embed new images with), ``checkpoint`` and its ``sha256``.
+
+    Args:
+        backbone: built from the bundle's config (``network_def``).
+        path: ``models/backbone.pt`` of a pretraining run (or its ``checkpoint.pt``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no pretrained backbone at '{path}': run the bundle's configs/train.json first "
+                              f"(it writes models/backbone.pt in its output_dir), or set checkpoint to an export")
+    ckpt = load_backbone_weights(backbone, path)
+    meta = dict(ckpt.get("metadata") or {})
+    if "image_size" not in meta:
+        raise CheckpointError(f"checkpoint '{path}' does not record the image size it was trained at "
+                              f"(metadata.image_size); set image_size explicitly")
+    backbone.info = {"method": ckpt.get("method"), "epoch": ckpt.get("epoch"), "backbone": backbone.spec(),
+                     "checkpoint": str(path), "sha256": file_sha256(path),
+                     **PREPROCESSING_DEFAULTS, **{k: meta[k] for k in ("image_size", *PREPROCESSING_DEFAULTS) if k in meta}}
+    return backbone.eval()
 
 
 def strip_prefixes(key: str, prefixes) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import runner
 import torch
@@ -13,6 +14,7 @@ from monai_cxrssl.networks import build_backbone
 from monai_cxrssl.paths import REPO_ROOT
 
 CONFIG = REPO_ROOT / "bundles" / "simclr_cxr" / "configs" / "train.json"
+INFERENCE = CONFIG.with_name("inference.json")
 SMALL = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10",
          "--progress", "false", "--cache_workers", "1"]
 
@@ -53,6 +55,23 @@ def test_demo_run_writes_checkpoint_that_resumes(tmp_path):
     changed = any(not torch.equal(a, b) for a, b in zip(ckpt["state_dict"].values(), ckpt2["state_dict"].values()))
     assert changed
 
+    # inference.json: one embedding per image of the demo set from the exported encoder (precision as the user
+    # gets it), preprocessed as in pretraining (32 px, read from the export)
+    runner.run_bundle(INFERENCE, out, "--backbone", "resnet10")
+    from monai_cxrssl.data import LoadCXRd, ResizeCXRd
+    from monai_cxrssl.evaluation import read_embeddings
+
+    emb, paths, groups = read_embeddings(out / "embeddings")
+    items = [e for k in ("training", "validation", "test") for e in demo.get(k, [])]
+    assert emb.shape == (len(items), 512) and np.isfinite(emb).all()
+    assert groups == [str(e.get("patient_id", "")) for e in items] and groups[0]
+    load, resize = LoadCXRd("image"), ResizeCXRd("image", size=32, mode="pad")
+    x = torch.stack([torch.as_tensor(resize(load({"image": p}))["image"]) for p in paths[:6]]).float()
+    meta = load_backbone_weights(backbone, out / "models" / "backbone.pt")
+    with torch.no_grad():
+        eager = backbone.eval()((x - 0.5) / 0.25)
+    assert torch.nn.functional.cosine_similarity(torch.from_numpy(emb[:6]), eager).min() > 0.99
+
 
 @pytest.mark.slow
 def test_real_kermany_short_run(tmp_path, kermany_dir):
@@ -67,6 +86,13 @@ def test_real_kermany_short_run(tmp_path, kermany_dir):
     ckpt = read_checkpoint(out / "checkpoint.pt")
     assert ckpt["iteration"] == 6 and ckpt["metadata"]["datalist"] == str(dl_path)
     assert not (out / "demo_data").exists()
+    # embeddings of the same real radiographs, with their Kermany patient ids
+    runner.run_bundle(INFERENCE, out, "--backbone", "resnet10", "--input", dl_path, "--datalist_split", "training")
+    from monai_cxrssl.evaluation import read_embeddings
+
+    emb, paths, groups = read_embeddings(out / "embeddings")
+    assert emb.shape == (48, 512) and paths == [str(e["image"]) for e in dl["training"]]
+    assert groups == [e["patient_id"] for e in dl["training"]]
 
 
 @pytest.mark.slow

@@ -57,3 +57,50 @@ def test_config_wires_package_objects(bundle):
         assert t.startswith(("monai_cxrssl.", "torch.")) or "." not in t, t
     for key in ("dataset_dir", "datalist", "epochs", "batch_size", "image_size", "device", "output_dir"):
         assert key in parser.config, f"{bundle.name}: the documented override '{key}' is not a config key"
+
+
+SSL_BUNDLES = [b for b in BUNDLES if b.name != "cxr_classifier"]
+
+
+@pytest.mark.parametrize("bundle", SSL_BUNDLES, ids=lambda p: p.name)
+def test_pretraining_bundle_inference_passes_monai_checks(bundle, tmp_path):
+    """MONAI's own tools accept each pretraining bundle's inference.json: ``verify_net_in_out`` on its
+    ``network_def`` (the encoder, with the metadata's input and output formats) and the infer workflow's
+    properties, with a generated export of the default backbone."""
+    import torch
+    from monai.bundle import ConfigWorkflow, verify_net_in_out
+
+    from monai_cxrssl.checkpoints import BACKBONE_EXPORT, atomic_save
+    from monai_cxrssl.networks import build_backbone
+
+    configs = bundle / "configs"
+    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
+                      config_file=str(configs / "inference.json"), device="cpu")
+    name = json.loads((configs / "inference.json").read_text())["backbone"]
+    assert name == json.loads((configs / "train.json").read_text())["backbone"], "inference builds the trained backbone"
+    backbone = build_backbone(name)
+    meta = json.loads((configs / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == backbone.out_dim
+    export = tmp_path / "backbone.pt"
+    atomic_save({"format": BACKBONE_EXPORT, "backbone": backbone.spec(), "metadata": {"image_size": 32},
+                 "state_dict": backbone.state_dict()}, export)
+    wf = ConfigWorkflow(config_file=str(configs / "inference.json"), meta_file=str(configs / "metadata.json"),
+                        workflow_type="infer", checkpoint=str(export), output_dir=str(tmp_path))
+    wf.initialize()
+    assert wf.check_properties() == []
+    assert isinstance(wf.network_def, torch.nn.Module)
+
+
+def test_pretraining_bundles_share_one_inference_wiring():
+    """The four pretraining bundles' inference.json are one wiring (each bundle folder stays self-contained for
+    the model zoo): they differ only in ``bundle_root`` and the default ``backbone``, so that a change to one
+    that is not made to all fails here."""
+    def wiring(bundle):
+        config = json.loads((bundle / "configs" / "inference.json").read_text())
+        assert config.pop("bundle_root") == f"bundles/{bundle.name}"
+        config.pop("backbone")
+        return config
+
+    first, *others = SSL_BUNDLES
+    for other in others:
+        assert wiring(other) == wiring(first), f"{other.name}/configs/inference.json differs from {first.name}'s"

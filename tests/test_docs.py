@@ -351,6 +351,8 @@ def default_jobs(bundle: str) -> list[tuple[str, list[str]]]:
             ("inference", run + [f"{c}/inference.json"]),
         ]
     jobs = [("train", run + [f"{c}/train.json"] + one)]
+    if (configs / "inference.json").is_file():  # the pretrained encoder's embeddings of the demo images
+        jobs.append(("inference", run + [f"{c}/inference.json"]))
     if (configs / "multi_gpu_train.json").is_file():
         jobs.append(("multi_gpu_train", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                          "-m", "monai.bundle", "run", "--config_file",
@@ -524,3 +526,10 @@ def test_bundle_config_runs_with_its_defaults(bundle_config: str, runs):
         assert ckpt["metadata"]["image_size"] == config["image_size"], _fail(result, "the default image size")
         spec = {k: v for k, v in ckpt["backbone"].items() if k != "out_dim"}
         load_backbone_weights(build_backbone(spec.pop("name"), **spec), outputs / "models" / "backbone.pt")
+    if bundle in SSL_BUNDLES and key == "inference":  # one embedding per demo image, of the backbone's size
+        from monai_cxrssl.evaluation import read_embeddings
+
+        emb, paths, _ = read_embeddings(result.cwd / "bundles" / bundle / "outputs" / "embeddings")
+        demo = json.loads((result.cwd / "bundles" / bundle / "outputs" / "demo_data" / "datalist.json").read_text())
+        n = sum(len(v) for k, v in demo.items() if k in ("training", "validation", "test"))
+        assert emb.shape[0] == n == len(set(paths)), _fail(result, f"{n} demo images embedded once each")

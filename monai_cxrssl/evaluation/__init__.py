@@ -3,6 +3,7 @@
 - :mod:`monai_cxrssl.evaluation.stats`: numpy in, plain Python floats and dicts out; no bundle needed.
 """
 
+from .embeddings import EmbeddingWriter, read_embeddings
 from .metrics import MacroAUC, probabilities
 from .report import PredictionReport, output_names, read_predictions
 from .shift import shift_report
@@ -19,6 +20,8 @@ from .stats import (
 )
 
 __all__ = [
+    "EmbeddingWriter",
+    "read_embeddings",
     "MacroAUC",
     "probabilities",
     "PredictionReport",
