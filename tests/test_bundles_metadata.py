@@ -65,8 +65,8 @@ SSL_BUNDLES = [b for b in BUNDLES if b.name != "cxr_classifier"]
 @pytest.mark.parametrize("bundle", SSL_BUNDLES, ids=lambda p: p.name)
 def test_pretraining_bundle_inference_passes_monai_checks(bundle, tmp_path):
     """MONAI's own tools accept each pretraining bundle's inference.json: ``verify_net_in_out`` on its
-    ``network_def`` (the encoder, with the metadata's input and output formats) and the infer workflow's
-    properties, with a generated export of the default backbone."""
+    ``network_def`` (the encoder, with the metadata's input and output formats), the infer workflow's
+    properties and ``ckpt_export`` (TorchScript), with a generated export of the default backbone."""
     import torch
     from monai.bundle import ConfigWorkflow, verify_net_in_out
 
@@ -89,6 +89,16 @@ def test_pretraining_bundle_inference_passes_monai_checks(bundle, tmp_path):
     wf.initialize()
     assert wf.check_properties() == []
     assert isinstance(wf.network_def, torch.nn.Module)
+    # TorchScript: MONAI's ckpt_export scripts network_def with the export's weights; same outputs as eager, at
+    # an input size other than the ViT's img_size
+    from monai.bundle import ckpt_export
+
+    ts_path = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(export), meta_file=str(configs / "metadata.json"),
+                config_file=str(configs / "inference.json"), key_in_ckpt="state_dict")
+    x = torch.rand(2, 1, 48, 80)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(ts_path))(x), backbone.eval()(x), atol=1e-5)
 
 
 def test_pretraining_bundles_share_one_inference_wiring():

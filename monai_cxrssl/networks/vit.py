@@ -23,7 +23,7 @@ parameter without a gradient). It stays in the state dict for MONAI key compatib
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ VIT_SIZES = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}
 LAYER_NORM_EPS = 1e-6
 
 
-def resample_pos_embed(pos: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int]) -> torch.Tensor:
+def resample_pos_embed(pos: torch.Tensor, old_grid: List[int], new_grid: List[int]) -> torch.Tensor:
     """Bicubic resampling of patch positional embeddings from one grid to another.
 
     Args:
@@ -49,18 +49,19 @@ def resample_pos_embed(pos: torch.Tensor, old_grid: Sequence[int], new_grid: Seq
 
     Returns:
         ``(1, new_h * new_w, D)``, in ``pos``'s dtype; ``pos`` itself when the grids are equal.
-        Computed in float32 with antialiasing (timm's convention), differentiable.
+        Computed in float32 with antialiasing (timm's convention), differentiable. TorchScript-compatible
+        (grids as ``(h, w)`` tuples or lists).
     """
-    old_h, old_w = (int(s) for s in old_grid)
-    new_h, new_w = (int(s) for s in new_grid)
-    if pos.ndim != 3 or pos.shape[1] != old_h * old_w:
-        raise ValueError(f"expected positional embeddings (1, {old_h * old_w}, D) for a {old_h}x{old_w} grid, "
-                         f"got {tuple(pos.shape)}")
-    if (old_h, old_w) == (new_h, new_w):
+    old_h, old_w = int(old_grid[0]), int(old_grid[1])
+    new_h, new_w = int(new_grid[0]), int(new_grid[1])
+    if pos.dim() != 3 or pos.shape[1] != old_h * old_w:
+        raise ValueError("expected positional embeddings (1, " + str(old_h * old_w) + ", D) for a " + str(old_h)
+                         + "x" + str(old_w) + " grid, got " + str(pos.shape))
+    if old_h == new_h and old_w == new_w:
         return pos
     d = pos.shape[-1]
     grid = pos.float().reshape(1, old_h, old_w, d).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+    grid = F.interpolate(grid, size=[new_h, new_w], mode="bicubic", align_corners=False, antialias=True)
     return grid.permute(0, 2, 3, 1).reshape(1, new_h * new_w, d).to(pos.dtype)
 
 
@@ -129,9 +130,10 @@ class ViTEncoder(ViT):
                     nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
-    def pos_embed_for(self, grid: Sequence[int]) -> torch.Tensor:
+    def pos_embed_for(self, grid: List[int]) -> torch.Tensor:
         """The patch positional embeddings ``(1, h * w, D)`` for an ``(h, w)`` patch grid."""
-        return resample_pos_embed(self.patch_embedding.position_embeddings, self.grid, grid)
+        return resample_pos_embed(self.patch_embedding.position_embeddings, [self.grid[0], self.grid[1]],
+                                  [int(grid[0]), int(grid[1])])
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens after the final LayerNorm: ``(B, 1 + h * w, D)``, the [CLS] token first."""
@@ -142,13 +144,14 @@ class ViTEncoder(ViT):
         return self.norm(self._blocks(x)[:, 0])  # LayerNorm acts per token: normalise only the [CLS] one
 
     def _blocks(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"ViT expects images (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if min(x.shape[-2:]) < self.patch_size:
-            raise ValueError(f"ViT input {tuple(x.shape[-2:])} is smaller than one {self.patch_size}-pixel patch")
+        # messages built without f-strings or tuple(): the encoder scripts (TorchScript export)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError("ViT expects images (B, " + str(self.in_channels) + ", H, W), got " + str(x.shape))
+        if x.shape[-2] < self.patch_size or x.shape[-1] < self.patch_size:
+            raise ValueError("ViT input " + str(x.shape[-2:]) + " is smaller than one " + str(self.patch_size)
+                             + "-pixel patch")
         tokens = self.patch_embedding.patch_embeddings(x)  # (B, D, h, w)
-        grid = tokens.shape[-2:]
-        tokens = tokens.flatten(2).transpose(1, 2) + self.pos_embed_for(grid)
+        tokens = tokens.flatten(2).transpose(1, 2) + self.pos_embed_for([tokens.shape[-2], tokens.shape[-1]])
         tokens = self.patch_embedding.dropout(tokens)
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
         for blk in self.blocks:
