@@ -169,6 +169,18 @@ def _dinov2_standin(path: Path) -> None:
     torch.save(state, path)
 
 
+def _torchvision_resnet_standin(path: Path) -> None:
+    """Random weights in torchvision's ResNet-18 layout: RGB stem, no shortcut-convolution bias, ImageNet head."""
+    import torch
+
+    from monai_cxrssl.networks import build_backbone
+
+    state = {k[len("net."):]: v for k, v in build_backbone("resnet18", in_channels=3).state_dict().items()
+             if not k.endswith("downsample.0.bias")}
+    state.update({"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
+    torch.save(state, path)
+
+
 def _folder_datalist(folder: Path, out: Path, extra=None, class_folders=False) -> None:
     from monai_cxrssl.data.datalist import build_datalist, datalist_from_class_folders
 
@@ -194,6 +206,7 @@ def make_stand_ins(root: Path, shared: Path) -> dict[str, str]:
         w.writerows(r for r in rows if r["image"] in kept)
     (root / "weights").mkdir()
     _dinov2_standin(root / "weights" / "dinov2_vits14_pretrain.pth")
+    _torchvision_resnet_standin(root / "weights" / "resnet18-imagenet.pth")
     _folder_datalist(kermany, root / "data" / "kermany.json")
     _folder_datalist(kermany, root / "data" / "kermany_studies.json", extra=lambda e: {"study_id": e["patient_id"]})
     _folder_datalist(nih, root / "data" / "nih_binary.json", class_folders=True)  # normal / abnormal
@@ -206,6 +219,7 @@ def make_stand_ins(root: Path, shared: Path) -> dict[str, str]:
         "/data/dicoms": str(shared / "dicom"),
         "/data/new_dicoms": str(shared / "dicom"),
         "/weights/dinov2_vits14_pretrain.pth": str(root / "weights" / "dinov2_vits14_pretrain.pth"),
+        "/weights/resnet18-imagenet.pth": str(root / "weights" / "resnet18-imagenet.pth"),
         "my_datalist.json": str(root / "data" / "kermany.json"),
         "my_hospital.json": str(root / "data" / "kermany.json"),
         "dl.json": str(root / "data" / "kermany_studies.json"),

@@ -218,9 +218,22 @@ def test_classifier_init_weights_accepts_a_timm_file(tmp_path):
         assert torch.allclose(model.features(grey), timm(grey.repeat(1, 3, 1, 1)), atol=1e-5, rtol=1e-4)
 
 
-def test_safetensors_file_gets_a_conversion_hint(tmp_path):
-    with pytest.raises(CheckpointError, match="safetensors"):
-        init_backbone(_vit(), tmp_path / "model.safetensors")
+def test_a_timm_vit_in_safetensors_loads_and_a_broken_one_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    timm = TimmStyleViT().eval()
+    save_file({k: v.contiguous() for k, v in timm.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    net = _vit().eval()
+    assert init_backbone(net, tmp_path / "model.safetensors")["format"] == "timm_vit"
+    grey = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(grey), timm(grey.repeat(1, 3, 1, 1)), atol=1e-5, rtol=1e-4)
+    (tmp_path / "broken.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="broken.safetensors.*cannot be read as safetensors"):
+        init_backbone(_vit(), tmp_path / "broken.safetensors")
+    with pytest.raises(CheckpointError, match="missing.safetensors.*does not exist"):
+        init_backbone(_vit(), tmp_path / "missing.safetensors")
 
 
 

@@ -6,7 +6,10 @@ a silent mismatch would make a "pretrained" run a random-initialisation run.
 
 ViT checkpoints in the timm/DINO/DINOv2 layout (``cls_token``, ``pos_embed``, ``blocks.{i}...``)
 are recognised and converted into the ViT backbones by :mod:`monai_cxrssl.networks.vit_import`
-(channels summed, positional embeddings resampled, LayerScale folded).
+(channels summed, positional embeddings resampled, LayerScale folded); ResNets in the torchvision/timm
+layout and DenseNet-121 in the torchvision/torchxrayvision layout by
+:mod:`monai_cxrssl.networks.cnn_import` (channels summed, classification head ignored). Files may be
+PyTorch files (read with ``weights_only``) or ``.safetensors``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 from monai_cxrssl.checkpoints import (BACKBONE_EXPORT, SSL_CHECKPOINT, file_sha256, load_backbone_weights, read_checkpoint,
                                       strip_prefixes)
 from monai_cxrssl.exceptions import CheckpointError
+from monai_cxrssl.networks.cnn_import import cnn_state_dict, looks_like_cnn
 from monai_cxrssl.networks.vit import ViTEncoder
 from monai_cxrssl.networks.vit_import import looks_like_timm_vit, timm_vit_state_dict
 
@@ -97,10 +101,7 @@ def init_backbone(backbone: nn.Module, weights: str | os.PathLike | None = None,
 
 
 def _init_backbone(backbone: nn.Module, path: str, key_map: Mapping[str, str] | None, strict: bool = True) -> dict:
-    if path.lower().endswith(".safetensors"):
-        raise CheckpointError(f"'{path}' is a safetensors file; convert it to a PyTorch state dict first, e.g. "
-                              f"torch.save(safetensors.torch.load_file(path), 'weights.pt')")
-    ckpt = read_checkpoint(path)
+    ckpt = read_safetensors(path) if path.lower().endswith(".safetensors") else read_checkpoint(path)
     fmt = ckpt.get("format") if isinstance(ckpt, Mapping) else None
     if fmt in (BACKBONE_EXPORT, SSL_CHECKPOINT):
         meta = load_backbone_weights(backbone, path)
@@ -118,6 +119,8 @@ def _init_backbone(backbone: nn.Module, path: str, key_map: Mapping[str, str] | 
         raise CheckpointError(f"'{path}': {e}") from None
     if looks_like_timm_vit(raw):
         return _init_from_timm_vit(backbone, raw, path)
+    if kind := looks_like_cnn(raw):
+        return _init_from_outside_cnn(backbone, raw, path, kind, strict)
     state = map_state_dict(raw, target.keys(), key_map)
     matched = [k for k in target if k in state]
     shape_errors = [f"{k}: file {tuple(state[k].shape)} vs backbone {tuple(target[k].shape)}"
@@ -143,6 +146,37 @@ def _init_backbone(backbone: nn.Module, path: str, key_map: Mapping[str, str] | 
         logger.info("ignored %d key(s) of '%s' that the backbone does not have, e.g. %s", len(unexpected), path,
                     unexpected[:5])
     return {"source": path, "format": "state_dict", "loaded": len(matched), "unexpected": unexpected}
+
+
+def read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file's tensors (a format that holds tensors only: nothing in it runs)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:  # an install_requires of this package: only a broken environment lacks it
+        raise CheckpointError(f"'{path}' is a safetensors file and the safetensors package is not installed") from e
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        return load_file(path)
+    except Exception as e:  # truncated or not a safetensors file
+        raise CheckpointError(f"'{path}' cannot be read as safetensors ({type(e).__name__}: {e})") from e
+
+
+def _init_from_outside_cnn(backbone: nn.Module, state: Mapping[str, torch.Tensor], path: str, kind: str,
+                           strict: bool) -> dict:
+    """Load a torchvision/timm ResNet or torchvision/torchxrayvision DenseNet-121 state dict; log and report."""
+    net = getattr(backbone, "net", backbone)
+    spec = getattr(backbone, "spec", lambda: {"name": type(backbone).__name__})()
+    try:
+        converted, notes = cnn_state_dict(state, net, strict=strict, source=path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (this run builds {spec})") from None
+    net.load_state_dict(converted, strict=True)
+    logger.info("initialised the %s backbone from '%s' (%s layout, %d tensors)", spec.get("name"), path,
+                "torchvision/timm ResNet" if kind == "resnet" else "torchvision/torchxrayvision DenseNet", len(converted))
+    for note in notes:
+        logger.info("  %s", note)
+    return {"source": path, "format": f"torchvision_{kind}", "loaded": len(converted), "notes": notes}
 
 
 def _init_from_timm_vit(backbone: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> dict:
