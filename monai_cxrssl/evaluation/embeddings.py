@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
+from monai_cxrssl.evaluation.report import RunCollector
 from monai_cxrssl.utils import atomic_write
 
 __all__ = ["EmbeddingWriter", "read_embeddings"]
@@ -24,7 +25,7 @@ EMBEDDINGS_NPY = "embeddings.npy"
 EMBEDDINGS_CSV = "embeddings.csv"
 
 
-class EmbeddingWriter:
+class EmbeddingWriter(RunCollector):
     """Collect an evaluator's outputs, one embedding per image, and write them when it completes.
 
     Writes to ``output_dir`` (each file atomically):
@@ -45,11 +46,6 @@ class EmbeddingWriter:
         self.output_dir = Path(output_dir)
         self.path_key, self.group_key, self.pred_key = path_key, group_key, pred_key
         self.reset()
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
 
     def reset(self, engine: Engine | None = None) -> None:
         self._embeddings, self._paths, self._groups = [], [], []

@@ -64,7 +64,26 @@ def read_predictions(path: str | Path) -> dict:
     return {"images": [r[0] for r in body], "patients": [r[1] for r in body], "outputs": probs, "probs": p, "targets": y}
 
 
-class PredictionReport:
+class RunCollector:
+    """Base of the evaluation handlers that gather every iteration's output and write once the run completes:
+    :meth:`reset` at the start, :meth:`collect` after each iteration, :meth:`write` at the end."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        raise NotImplementedError
+
+    def collect(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def write(self, engine: Engine | None = None):
+        raise NotImplementedError
+
+
+class PredictionReport(RunCollector):
     """Collect an evaluator's predictions; write ``predictions.csv`` and, with labels, ``metrics.json``.
 
     Metrics: per-output ROC AUC (one-vs-rest for multi-class) with a percentile bootstrap CI
@@ -92,11 +111,6 @@ class PredictionReport:
         self.path_key, self.group_key = path_key, group_key
         self.metrics: dict | None = None
         self.reset()
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
 
     def reset(self, engine: Engine | None = None) -> None:
         self._probs, self._targets, self._paths, self._groups = [], [], [], []
