@@ -128,7 +128,7 @@ def load_pretrained_encoder(backbone: torch.nn.Module, path: str | os.PathLike) 
     meta = dict(ckpt.get("metadata") or {})
     if "image_size" not in meta:
         raise CheckpointError(f"checkpoint '{path}' does not record the image size it was trained at "
-                              f"(metadata.image_size); set image_size explicitly")
+                              f"(metadata.image_size), which every export of this package's pretraining bundles does")
     backbone.info = {"method": ckpt.get("method"), "epoch": ckpt.get("epoch"), "backbone": backbone.spec(),
                      "checkpoint": str(path), "sha256": file_sha256(path),
                      **PREPROCESSING_DEFAULTS, **{k: meta[k] for k in ("image_size", *PREPROCESSING_DEFAULTS) if k in meta}}
