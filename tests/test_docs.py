@@ -540,7 +540,7 @@ def test_bundle_config_runs_with_its_defaults(bundle_config: str, runs):
         assert ckpt["metadata"]["image_size"] == config["image_size"], _fail(result, "the default image size")
         spec = {k: v for k, v in ckpt["backbone"].items() if k != "out_dim"}
         load_backbone_weights(build_backbone(spec.pop("name"), **spec), outputs / "models" / "backbone.pt")
-    if bundle in SSL_BUNDLES and key == "inference":  # one embedding per demo image, of the backbone's size
+    if bundle in SSL_BUNDLES and key == "inference":  # one embedding per demo image, each once
         from monai_cxrssl.evaluation import read_embeddings
 
         emb, paths, _ = read_embeddings(result.cwd / "bundles" / bundle / "outputs" / "embeddings")
