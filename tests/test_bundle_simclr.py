@@ -67,7 +67,7 @@ def test_demo_run_writes_checkpoint_that_resumes(tmp_path):
     assert groups == [str(e.get("patient_id", "")) for e in items] and groups[0]
     load, resize = LoadCXRd("image"), ResizeCXRd("image", size=32, mode="pad")
     x = torch.stack([torch.as_tensor(resize(load({"image": p}))["image"]) for p in paths[:6]]).float()
-    meta = load_backbone_weights(backbone, out / "models" / "backbone.pt")
+    load_backbone_weights(backbone, out / "models" / "backbone.pt")
     with torch.no_grad():
         eager = backbone.eval()((x - 0.5) / 0.25)
     assert torch.nn.functional.cosine_similarity(torch.from_numpy(emb[:6]), eager).min() > 0.99
