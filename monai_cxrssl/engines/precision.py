@@ -12,9 +12,9 @@
 - :func:`check_bf16_training`: bf16 training is refused (explicit ``bf16``) or not chosen (``auto``)
   for a network whose views reach a convolution this CPU's bf16 kernels get wrong.
 
-A known CPU defect (measured with the PyTorch 2.13 CPU wheel on a Xeon with AMX/AVX512-BF16): the
-bf16 weight gradient of a strided, padded convolution on a feature map one pixel wide holds
-uninitialised memory in the taps that only see padding (they must be 0): random values, now and then
+A known CPU defect (measured with the PyTorch 2.13 CPU wheel on an Intel Xeon with AMX/AVX512-BF16 and on
+an AMD EPYC with AVX512-BF16): the bf16 weight gradient of a strided, padded convolution on a feature map
+one pixel wide holds uninitialised memory in the taps that only see padding (they must be 0): random values, now and then
 NaN, and different from run to run. A ResNet meets it on views of 16 px or less (layer4's first
 convolution then sees a 1 x 1 map): DINO's ResNet tests at 32 px with 16 px local crops hit a NaN loss
 in most runs. :func:`cpu_bf16_conv_defect` tests the kernel itself (so a fixed PyTorch is used as
@@ -36,7 +36,7 @@ from monai.inferers import Inferer
 
 from monai_cxrssl.utils import as_bool
 
-__all__ = ["cpu_supports_bf16", "resolve_precision", "autocast", "grad_scaler", "to_channels_last", "FastInferer",
+__all__ = ["cpu_supports_bf16", "resolve_precision", "resolve_compile", "autocast", "grad_scaler", "to_channels_last", "FastInferer",
            "cpu_bf16_conv_defect", "bf16_unsafe_convs", "check_bf16_training"]
 
 logger = logging.getLogger(__name__)
@@ -76,21 +76,25 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_bf16_conv_defect(trials: int = 20) -> bool:
+def cpu_bf16_conv_defect(trials: int = 10) -> bool:
     """True when this CPU's bf16 convolution gets the weight gradient of a strided convolution on a
     one-pixel-wide map wrong (see the module docstring): a 3 x 3, stride-2, padding-1 convolution of a
     1 x 1 input, whose gradient must be zero outside the centre tap. The garbage is uninitialised
-    memory (now and then zero), hence several trials; cached for the process."""
-    x = torch.ones(4, 8, 1, 1, dtype=torch.bfloat16)
-    for _ in range(trials):
-        w = torch.zeros(8, 8, 3, 3, requires_grad=True)
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-            out = torch.nn.functional.conv2d(x, w, stride=2, padding=1)
-        out.backward(torch.ones_like(out))
-        g = w.grad.clone()
-        g[:, :, 1, 1] = 0
-        if not torch.isfinite(g).all() or bool((g != 0).any()):
-            return True
+    memory (now and then zero), hence several trials; and which shapes show it differs between CPUs
+    (an Intel Xeon with AMX: 8 channels, contiguous; an AMD EPYC with AVX512-BF16: not there, but with 32
+    channels or channels_last), hence both layouts and two widths. Cached for the process."""
+    for channels in (8, 32):
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            x = torch.ones(4, channels, 1, 1, dtype=torch.bfloat16).to(memory_format=memory_format)
+            for _ in range(trials):
+                w = torch.zeros(channels, channels, 3, 3, requires_grad=True)
+                with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                    out = torch.nn.functional.conv2d(x, w, stride=2, padding=1)
+                out.backward(torch.ones_like(out))
+                g = w.grad.clone()
+                g[:, :, 1, 1] = 0
+                if not torch.isfinite(g).all() or bool((g != 0).any()):
+                    return True
     return False
 
 
@@ -156,6 +160,23 @@ def check_bf16_training(precision: str, requested: str, network: nn.Module, size
                          f"'fp32'")
     logger.warning("precision auto: fp32, not bf16: %s. Larger views would allow bf16.", why)
     return "fp32"
+
+
+def resolve_compile(compile: bool | str) -> str | None:
+    """The ``torch.compile`` backend a ``compile`` setting asks for: ``None`` (eager) for false,
+    ``"inductor"`` (PyTorch's default) for true, else the backend named (``"aot_eager"``, ``"cudagraphs"``,
+    ...; one of ``torch._dynamo.list_backends()``), checked here so that a misspelt one fails before training.
+    """
+    try:
+        return "inductor" if as_bool(compile, "compile") else None
+    except ValueError:
+        pass
+    import torch._dynamo
+
+    known = sorted(set(torch._dynamo.list_backends(exclude_tags=())) | {"inductor"})
+    if isinstance(compile, str) and compile.strip() in known:
+        return compile.strip()
+    raise ValueError(f"compile must be true, false or a torch.compile backend ({', '.join(known)}); got {compile!r}")
 
 
 def autocast(precision: str, device: torch.device | str):
