@@ -35,8 +35,8 @@ from monai.engines import Trainer
 
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.distributed import Heartbeat, describe_silent_ranks, get_rank, is_distributed
-from monai_cxrssl.engines.precision import (autocast, check_bf16_training, grad_scaler, resolve_precision,
-                                            to_channels_last)
+from monai_cxrssl.engines.precision import (autocast, check_bf16_training, grad_scaler, resolve_compile,
+                                            resolve_precision, to_channels_last)
 from monai_cxrssl.exceptions import NonFiniteLossError, SilentRankError
 from monai_cxrssl.methods.base import SSLMethod
 from monai_cxrssl.utils import as_bool
@@ -61,8 +61,10 @@ class SSLTrainer(Trainer):
         seed: seed of the view randomness.
         precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (see :func:`resolve_precision`).
         channels_last: convolution-friendly memory layout for the network and the views.
-        compile: run the method through ``torch.compile`` (its state stays in ``method``). Off by
-            default: on the 2-core AVX2 CPU of ``benchmarks/`` it made a ResNet-18 step slower.
+        compile: run the method through ``torch.compile`` (its state stays in ``method``): true for
+            PyTorch's default backend (inductor), or a backend's name (e.g. ``"aot_eager"``; see
+            :func:`resolve_compile`). Off by default: on the 2-core AVX2 CPU of ``benchmarks/`` it made a
+            ResNet-18 step slower.
         distributed: wrap the method in ``DistributedDataParallel`` when a process group with
             more than one process is initialised (``torchrun``); ignored otherwise.
         batch_scalars: batch keys whose mean is logged with the loss (e.g. MICLe's share of
@@ -87,7 +89,7 @@ class SSLTrainer(Trainer):
         epoch_length: int | None = None,
         handlers: Sequence | None = None,
         non_blocking: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         distributed: bool = False,
         batch_scalars: Sequence[str] = (),
     ):
@@ -122,14 +124,15 @@ class SSLTrainer(Trainer):
             to_channels_last(self.method)
         #: fp16 loss scaler (None otherwise); saved and restored by the checkpoint handlers
         self.grad_scaler = grad_scaler(self.precision, device)
-        self.compile = as_bool(compile, "compile")
+        #: the torch.compile backend, None when eager
+        self.compile = resolve_compile(compile)
         self.distributed = as_bool(distributed, "distributed") and is_distributed()
         forward = self.method
         if self.distributed:
             ids = [device.index if device.index is not None else torch.cuda.current_device()] \
                 if device.type == "cuda" else None
             forward = DistributedDataParallel(self.method, device_ids=ids)
-        self._forward = torch.compile(forward) if self.compile else forward
+        self._forward = torch.compile(forward, backend=self.compile) if self.compile else forward
         if self.distributed:  # a silent process is named when a step times out waiting for it
             self.heartbeat = Heartbeat()
             self.add_event_handler(Events.STARTED, lambda _: self.heartbeat.start())
