@@ -61,6 +61,18 @@ def dicom_dir(shared_data) -> Path:
     return _require(shared_data / "dicom")
 
 
+# ------------------------------------------------------------------ several processes
+@pytest.fixture(scope="session")
+def two_process_steps(tmp_path_factory) -> Path:
+    """One step of each SSL method (``tests/dist_step.py``) with 2 processes of batch 4 under ``torchrun``, all
+    four in one launch: ``<folder>/<method>.pt`` as rank 0 wrote them."""
+    from runner import torchrun
+
+    out = tmp_path_factory.mktemp("two_processes")
+    torchrun(2, Path(__file__).with_name("dist_step.py"), ",".join(("simclr", "micle", "moco", "dino")), 8, out)
+    return out
+
+
 # ------------------------------------------------------------------ the documented commands, in the background
 def _is_docs_test(item) -> bool:
     return item.path.name == "test_docs.py" and "runs" in getattr(item, "fixturenames", ())

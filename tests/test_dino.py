@@ -262,24 +262,11 @@ def test_resume_continues_exactly(tmp_path):
 
 # ------------------------------------------------------------------------------------ several processes
 @pytest.mark.slow
-def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
-    import os
-    import subprocess
-    import sys
+def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(two_process_steps):
+    from dist_step import run_step
 
-    from dist_dino_step import run_step
-
-    from monai_cxrssl.paths import REPO_ROOT
-
-    script = os.path.join(os.path.dirname(__file__), "dist_dino_step.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, "8",
-           str(tmp_path / "two.pt")]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    two = torch.load(tmp_path / "two.pt")
-    one = run_step(8)  # this process: no process group, the whole batch
+    two = torch.load(two_process_steps / "dino.pt")
+    one = run_step("dino", 8)  # this process: no process group, the whole batch
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
     assert torch.allclose(two["center"], one["center"], atol=1e-6)  # the centre averages every process's batch
     assert torch.allclose(two["student"], one["student"], atol=1e-5)

@@ -10,19 +10,13 @@ import torch
 
 from monai_cxrssl.checkpoints import read_checkpoint
 
-HERE = os.path.dirname(__file__)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "micle", "moco"])
-def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, method):
-    if method == "moco":
-        pytest.importorskip("monai_cxrssl.methods.moco")
-    script = os.path.join(HERE, "dist_step.py")
-    # MoCo's shuffled key batches: 2 chunks in total either way (1 per process, or 2 in one process)
-    torchrun(1, script, method, 8, tmp_path / "one.pt", 2)
-    torchrun(2, script, method, 8, tmp_path / "two.pt", 1)
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(two_process_steps, method):
+    from dist_step import run_step
+
+    # MoCo's shuffled key batches: 2 chunks in total either way (1 per process, or 2 in this one process)
+    one, two = run_step(method, 8, key_splits=2), torch.load(two_process_steps / f"{method}.pt")
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
     assert torch.allclose(one["params"], two["params"], atol=1e-5)  # gradients gathered and averaged right
     if method == "moco":  # keys of both processes enqueued, in the global batch's order
