@@ -237,6 +237,59 @@ def test_a_timm_vit_in_safetensors_loads_and_a_broken_one_is_named(tmp_path):
 
 
 
+def _to_hugging_face(state: dict, prefix: str = "") -> dict:
+    """The timm/DINOv2 layout renamed as transformers' ``convert_dinov2_to_hf.py`` does (Dinov2Model)."""
+    out = {}
+    top = {"cls_token": "embeddings.cls_token", "mask_token": "embeddings.mask_token",
+           "pos_embed": "embeddings.position_embeddings", "patch_embed.proj.weight":
+           "embeddings.patch_embeddings.projection.weight", "patch_embed.proj.bias":
+           "embeddings.patch_embeddings.projection.bias", "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}
+    block = {"attn.proj.": "attention.output.dense.", "ls1.gamma": "layer_scale1.lambda1",
+             "ls2.gamma": "layer_scale2.lambda1"}
+    for k, v in state.items():
+        if k in top:
+            out[top[k]] = v
+            continue
+        _, i, rest = k.split(".", 2)
+        if rest.startswith("attn.qkv."):
+            for name, part in zip(("query", "key", "value"), v.chunk(3, dim=0)):
+                out[f"encoder.layer.{i}.attention.attention.{name}.{rest.rsplit('.', 1)[1]}"] = part
+            continue
+        rest = next((b + rest[len(a):] for a, b in block.items() if rest.startswith(a)), rest)
+        out[f"encoder.layer.{i}.{rest}"] = v
+    return {prefix + k: v.contiguous() for k, v in out.items()}
+
+
+@pytest.mark.parametrize("prefix", ["", "dinov2."])  # Dinov2Model; Dinov2ForImageClassification with its head
+def test_a_hugging_face_dinov2_file_loads_exactly(tmp_path, prefix):
+    """transformers' Dinov2 layout (facebook/dinov2-*, microsoft/rad-dino model.safetensors): the same features as
+    the original model on a grey image, the classifier head ignored with a note."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(8)
+    timm = TimmStyleViT().eval()
+    hf = _to_hugging_face(timm.state_dict(), prefix)
+    assert not looks_like_timm_vit(hf)
+    if prefix:
+        hf.update({"classifier.weight": torch.zeros(5, 2 * DIM), "classifier.bias": torch.zeros(5)})
+    save_file(hf, str(tmp_path / "model.safetensors"))
+    net = _vit().eval()
+    report = init_backbone(net, tmp_path / "model.safetensors")
+    assert report["format"] == "hf_dinov2" and report["loaded"] == len(net.state_dict())
+    notes = " ".join(report["notes"])
+    assert "Hugging Face" in notes and "LayerScale" in notes and ("classifier.weight" in notes) == bool(prefix)
+    grey = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(grey), timm(grey.repeat(1, 3, 1, 1)), atol=1e-5, rtol=1e-4)
+    del hf[f"{prefix}encoder.layer.1.attention.attention.key.weight"]
+    save_file(hf, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(CheckpointError, match=r"partial.safetensors.*encoder.layer.1.attention.attention has no "
+                                              r"key.weight"):
+        init_backbone(_vit(), tmp_path / "partial.safetensors")
+    with pytest.raises(CheckpointError, match="Hugging Face Dinov2 layout.*only initialise a ViT backbone"):
+        init_backbone(build_backbone("resnet10"), tmp_path / "model.safetensors")
+
+
 def test_backbone_export_of_another_vit_is_rejected(tmp_path):
     from monai_cxrssl.checkpoints import BACKBONE_EXPORT, load_backbone_weights
 

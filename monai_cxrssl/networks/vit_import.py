@@ -36,6 +36,13 @@ is converted exactly, or with a named approximation recorded in the notes:
   ``register_tokens``/``reg_token`` (DINOv2 with registers: without them the features differ
   from the original model's), and heads (``head.``, ``head_dist.``, ``dino_head.``, ``ibot_head.``).
 
+The **Hugging Face** ``transformers`` Dinov2 layout (``Dinov2Model``'s ``model.safetensors``, e.g.
+``facebook/dinov2-small`` or RAD-DINO, ``microsoft/rad-dino``; ``Dinov2ForImageClassification`` under
+``dinov2.``) is first renamed into the layout above (:func:`hf_dinov2_to_timm`, the inverse of
+transformers' own conversion): ``embeddings.*`` to the tokens and patch embedding, ``encoder.layer.{i}.*``
+to ``blocks.{i}.*`` with the separate query, key and value projections concatenated into ``qkv`` (exact),
+``layer_scale{1,2}.lambda1`` to ``ls{1,2}.gamma``, ``layernorm`` to ``norm``; ``classifier.*`` is ignored.
+
 Anything else (``fc_norm``, ``patch_embed.norm``, SwiGLU MLPs, q/k norms...) is a
 :class:`~monai_cxrssl.exceptions.CheckpointError` naming the keys, as is a depth, width or MLP
 size mismatch (naming both shapes). The number of attention heads is not stored in the
@@ -55,7 +62,8 @@ from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.networks.vit import ViTEncoder, resample_pos_embed
 from monai_cxrssl.checkpoints import strip_prefixes
 
-__all__ = ["looks_like_timm_vit", "timm_vit_state_dict", "resample_patch_kernel"]
+__all__ = ["looks_like_timm_vit", "timm_vit_state_dict", "resample_patch_kernel", "looks_like_hf_dinov2",
+           "hf_dinov2_to_timm"]
 
 #: wrapper prefixes removed from every key (repeatedly)
 PREFIXES = ("module.", "_orig_mod.", "teacher.", "student.", "backbone.", "model.", "encoder.")
@@ -85,6 +93,22 @@ TOP_KEYS = {"patch_embed.proj.weight": "patch_embedding.patch_embeddings.weight"
 _CHUNKED = re.compile(r"^blocks\.\d+\.(\d+)\.(.+)$")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
+#: Hugging Face Dinov2: top-level key -> the layout above
+HF_TOP = {"embeddings.cls_token": "cls_token", "embeddings.mask_token": "mask_token",
+          "embeddings.register_tokens": "register_tokens", "embeddings.position_embeddings": "pos_embed",
+          "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+          "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+          "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
+#: Hugging Face Dinov2: per-layer key prefix -> per-block key prefix (SwiGLU's weights_in/out keep a name that
+#: the conversion then reports as not supported)
+HF_BLOCK = {"norm1.": "norm1.", "norm2.": "norm2.", "attention.output.dense.": "attn.proj.", "mlp.fc1.": "mlp.fc1.",
+            "mlp.fc2.": "mlp.fc2.", "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
+            "mlp.weights_in.": "mlp.w12.", "mlp.weights_out.": "mlp.w3."}
+_HF_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
+_HF_QKV = re.compile(r"^attention\.attention\.(query|key|value)\.(weight|bias)$")
+#: wrapper prefixes before a Hugging Face Dinov2 key (``dinov2.``: Dinov2ForImageClassification)
+HF_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "dinov2.")
+
 
 def _strip(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     keys = [k for k in state if isinstance(k, str)]
@@ -102,6 +126,64 @@ def _strip(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                                   f"pass a state dict of one network")
         out[k] = value
     return out
+
+
+def _hf_key(key: str) -> str:
+    return strip_prefixes(key, HF_PREFIXES)
+
+
+def looks_like_hf_dinov2(state: Mapping) -> bool:
+    """True when ``state`` is a Hugging Face ``transformers`` Dinov2 state dict (possibly under ``dinov2.``)."""
+    if not isinstance(state, Mapping):
+        return False
+    keys = {_hf_key(k) for k in state if isinstance(k, str)}
+    return {"embeddings.patch_embeddings.projection.weight", "embeddings.position_embeddings"} <= keys
+
+
+def hf_dinov2_to_timm(state: Mapping[str, torch.Tensor],
+                      source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename a Hugging Face Dinov2 state dict into the timm/DINOv2 layout that :func:`timm_vit_state_dict`
+    converts; returns it with notes. Keys it does not know are passed on unchanged, so that the conversion
+    names them.
+
+    Raises:
+        CheckpointError: a layer with some but not all of its query, key and value projections.
+    """
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[int, dict[str, torch.Tensor]] = {}
+    head: list[str] = []
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            continue
+        k = _hf_key(key)
+        if k.startswith("classifier."):
+            head.append(k)
+        elif k in HF_TOP:
+            out[HF_TOP[k]] = value
+        elif m := _HF_LAYER.match(k):
+            i, rest = int(m.group(1)), m.group(2)
+            if q := _HF_QKV.match(rest):
+                qkv.setdefault(i, {})[f"{q.group(1)}.{q.group(2)}"] = value
+                continue
+            new = next((b + rest[len(a):] for a, b in HF_BLOCK.items() if rest.startswith(a)), rest)
+            out[f"blocks.{i}.{new}"] = value
+        else:
+            out[k] = value
+    for i, parts in sorted(qkv.items()):
+        for kind in ("weight", "bias"):
+            got = [parts.get(f"{n}.{kind}") for n in ("query", "key", "value")]
+            if all(g is None for g in got):
+                continue
+            if any(g is None for g in got):
+                missing = [n for n, g in zip(("query", "key", "value"), got) if g is None]
+                raise CheckpointError(f"'{source}': encoder.layer.{i}.attention.attention has no "
+                                      f"{'/'.join(missing)}.{kind} beside the others")
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(got, dim=0)
+    notes = ["read the Hugging Face transformers Dinov2 layout: renamed to the DINOv2 one, the query, key and "
+             "value projections concatenated into qkv (exact)"]
+    if head:
+        notes.append(f"ignored {', '.join(head)}: classification head, not part of the backbone")
+    return out, notes
 
 
 def looks_like_timm_vit(state: Mapping) -> bool:

@@ -26,7 +26,8 @@ from monai_cxrssl.checkpoints import (BACKBONE_EXPORT, SSL_CHECKPOINT, file_sha2
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.networks.cnn_import import cnn_state_dict, looks_like_cnn
 from monai_cxrssl.networks.vit import ViTEncoder
-from monai_cxrssl.networks.vit_import import looks_like_timm_vit, timm_vit_state_dict
+from monai_cxrssl.networks.vit_import import (hf_dinov2_to_timm, looks_like_hf_dinov2, looks_like_timm_vit,
+                                              timm_vit_state_dict)
 
 __all__ = ["init_backbone", "map_state_dict"]
 
@@ -117,8 +118,10 @@ def _init_backbone(backbone: nn.Module, path: str, key_map: Mapping[str, str] | 
         raw = _unwrap(ckpt)
     except CheckpointError as e:
         raise CheckpointError(f"'{path}': {e}") from None
+    if looks_like_hf_dinov2(raw):  # transformers' Dinov2 (DINOv2, RAD-DINO): renamed to the DINOv2 layout
+        return _init_from_timm_vit(backbone, *hf_dinov2_to_timm(raw, path), path, layout="hf_dinov2")
     if looks_like_timm_vit(raw):
-        return _init_from_timm_vit(backbone, raw, path)
+        return _init_from_timm_vit(backbone, raw, [], path)
     if kind := looks_like_cnn(raw):
         return _init_from_outside_cnn(backbone, raw, path, kind, strict)
     state = map_state_dict(raw, target.keys(), key_map)
@@ -179,16 +182,20 @@ def _init_from_outside_cnn(backbone: nn.Module, state: Mapping[str, torch.Tensor
     return {"source": path, "format": f"torchvision_{kind}", "loaded": len(converted), "notes": notes}
 
 
-def _init_from_timm_vit(backbone: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> dict:
-    """Load a timm/DINO/DINOv2 ViT state dict into a ViT backbone; log and report what was converted."""
+def _init_from_timm_vit(backbone: nn.Module, state: Mapping[str, torch.Tensor], notes: list[str], path: str,
+                        layout: str = "timm_vit") -> dict:
+    """Load a timm/DINO/DINOv2 ViT state dict (``notes``: what was done to it already, e.g. renamed from
+    the Hugging Face layout) into a ViT backbone; log and report what was converted."""
+    what = "Hugging Face Dinov2" if layout == "hf_dinov2" else "timm/DINOv2"
     vit = getattr(backbone, "net", backbone)
     if not isinstance(vit, ViTEncoder):
         spec = getattr(backbone, "spec", lambda: {"name": type(backbone).__name__})()
-        raise CheckpointError(f"'{path}' holds a ViT in the timm/DINOv2 layout; it can only initialise a ViT backbone "
+        raise CheckpointError(f"'{path}' holds a ViT in the {what} layout; it can only initialise a ViT backbone "
                               f"(vit_tiny, vit_small, vit_base, vit), but this run builds {spec}")
-    converted, notes = timm_vit_state_dict(state, vit, source=path)
+    converted, more = timm_vit_state_dict(state, vit, source=path)
+    notes = [*notes, *more]
     vit.load_state_dict(converted, strict=True)
-    logger.info("initialised the ViT backbone from '%s' (timm/DINOv2 layout, %d tensors)", path, len(converted))
+    logger.info("initialised the ViT backbone from '%s' (%s layout, %d tensors)", path, what, len(converted))
     for note in notes:
         logger.info("  %s", note)
-    return {"source": path, "format": "timm_vit", "loaded": len(converted), "notes": notes}
+    return {"source": path, "format": layout, "loaded": len(converted), "notes": notes}
