@@ -114,3 +114,35 @@ def test_pretraining_bundles_share_one_inference_wiring():
     first, *others = SSL_BUNDLES
     for other in others:
         assert wiring(other) == wiring(first), f"{other.name}/configs/inference.json differs from {first.name}'s"
+
+
+def test_classifier_inference_passes_monai_checks(tmp_path):
+    """The classifier's inference.json: ``network_def`` is the network its training run describes
+    (``models/model_info.json``), loaded by MONAI's ``CheckpointLoader`` from ``models/model.pt``;
+    ``verify_net_in_out``, the infer workflow's properties and ``ckpt_export`` (outputs equal to eager)."""
+    import torch
+    from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
+
+    from monai_cxrssl.checkpoints import atomic_save
+    from monai_cxrssl.networks import classifier_from_info
+
+    configs = REPO_ROOT / "bundles" / "cxr_classifier" / "configs"
+    info = {"task": "binary", "classes": ["normal", "opacity"], "num_outputs": 1, "mode": "finetune",
+            "backbone": {"name": "resnet10", "in_channels": 1}, "image_size": 32, "resize_mode": "pad", "apply_voi": True}
+    torch.manual_seed(0)
+    net = classifier_from_info(info).eval()
+    (tmp_path / "models").mkdir()
+    atomic_save(net.state_dict(), tmp_path / "models" / "model.pt")
+    (tmp_path / "models" / "model_info.json").write_text(json.dumps(info))
+    common = dict(meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"))
+    verify_net_in_out(net_id="network_def", device="cpu", model_dir=str(tmp_path), **common)
+    wf = ConfigWorkflow(workflow_type="infer", output_dir=str(tmp_path), **common)
+    wf.initialize()
+    assert wf.check_properties() == []
+    assert isinstance(wf.network_def, torch.nn.Module) and wf.network_def.head[-1].out_features == 1
+    ts_path = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(tmp_path / "models" / "model.pt"), **common,
+                output_dir=str(tmp_path))
+    x = torch.rand(2, 1, 40, 56)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(ts_path))(x), net(x), atol=1e-5)

@@ -1,7 +1,8 @@
 """The SSL trainer on MONAI/Ignite engines, and its handlers and schedules."""
 
 from .classification import (BestModelHandler, ClassificationBatch, ModelSelection, NonFiniteLossCheck,
-                             export_torchscript, fit_classifier, load_trained_classifier)
+                             export_torchscript, fit_classifier, load_trained_classifier, read_model_info,
+                             trained_model_file)
 from .checkpoint import ClassifierCheckpoint, SSLCheckpoint, TrainingCheckpoint, tensorboard_writer
 from .logistic_probe import DEFAULT_CS, LogisticProbe
 from .progress import ProgressHandler, scalar_outputs

@@ -28,7 +28,7 @@ from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.exceptions import CheckpointError, NonFiniteLossError
 from monai_cxrssl.utils import atomic_write
 
-__all__ = ["ClassificationBatch", "BestModelHandler", "ModelSelection", "NonFiniteLossCheck", "fit_classifier", "HEAD_INITS", "load_trained_classifier", "export_torchscript", "MODEL_INFO"]
+__all__ = ["ClassificationBatch", "BestModelHandler", "ModelSelection", "NonFiniteLossCheck", "fit_classifier", "HEAD_INITS", "load_trained_classifier", "read_model_info", "trained_model_file", "export_torchscript", "MODEL_INFO"]
 
 logger = logging.getLogger(__name__)
 
@@ -268,27 +268,45 @@ def fit_classifier(mode: str, linear_solver: str, probe, trainer: Engine, head_i
     return trainer.run()
 
 
+def _models_dir(model_dir: str | os.PathLike) -> Path:
+    return Path(model_dir) / "models" if (Path(model_dir) / "models").is_dir() else Path(model_dir)
+
+
+def trained_model_file(model_dir: str | os.PathLike) -> str:
+    """The weights of the classifier trained in ``model_dir`` (``models/model.pt``; a plain state dict, as MONAI's
+    ``CheckpointLoader`` reads it in the inference config)."""
+    return str(_models_dir(model_dir) / "model.pt")
+
+
+def read_model_info(model_dir: str | os.PathLike) -> dict:
+    """A trained classifier's ``models/model_info.json`` (task, classes, outputs, backbone, preprocessing...), in
+    ``model_dir`` (a training run's output folder, or its ``models/`` folder)."""
+    info_path = _models_dir(model_dir) / MODEL_INFO
+    if not info_path.is_file():
+        raise CheckpointError(f"'{info_path}' does not exist: expected the output folder of a classifier training run")
+    try:
+        return json.loads(info_path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"'{info_path}' is not valid JSON ({e})") from None
+
+
 def load_trained_classifier(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild the classifier saved by :class:`BestModelHandler` in ``model_dir`` (its ``models/`` folder).
 
     Returns:
         the network in eval mode on ``device``, with its ``info`` dict (task, classes, image size...) as ``.info``.
     """
-    from monai_cxrssl.networks import CXRClassifier, build_backbone
+    from monai_cxrssl.networks import classifier_from_info
 
-    models = Path(model_dir) / "models" if (Path(model_dir) / "models").is_dir() else Path(model_dir)
-    info_path = models / MODEL_INFO
-    if not info_path.is_file():
-        raise CheckpointError(f"'{info_path}' does not exist: expected the output folder of a classifier training run")
-    info = json.loads(info_path.read_text())
-    spec = dict(info["backbone"])
-    backbone = build_backbone(spec.pop("name"), **{k: v for k, v in spec.items() if k != "out_dim"})
-    net = CXRClassifier(backbone, num_outputs=int(info["num_outputs"]), mode=info.get("mode", "finetune"))
+    models = _models_dir(model_dir)
+    info = read_model_info(model_dir)
+    net = classifier_from_info(info)
     state = read_checkpoint(models / "model.pt")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"'{models / 'model.pt'}' does not fit the classifier described in {info_path}: {e}") from e
+        raise CheckpointError(f"'{models / 'model.pt'}' does not fit the classifier described in "
+                              f"{models / MODEL_INFO}: {e}") from e
     net.info = info
     return net.to(device).eval()
 

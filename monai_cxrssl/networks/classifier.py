@@ -7,7 +7,7 @@ from torch import nn
 
 from monai_cxrssl.networks.backbones import Backbone
 
-__all__ = ["CXRClassifier", "build_classifier"]
+__all__ = ["CXRClassifier", "build_classifier", "classifier_from_info"]
 
 MODES = ("linear", "finetune")
 
@@ -93,3 +93,17 @@ def build_classifier(backbone: str = "resnet18", num_outputs: int = 1, mode: str
     model = CXRClassifier(net, num_outputs=num_outputs, mode=mode, dropout=dropout)
     model.init_report = report
     return model
+
+
+def classifier_from_info(info: dict) -> CXRClassifier:
+    """The untrained network a training run describes in its ``models/model_info.json``: the backbone of its
+    ``backbone`` spec, ``num_outputs`` and ``mode`` (the inference config's ``network_def``; the weights come
+    from ``models/model.pt``). Raises a ``KeyError`` naming a missing entry."""
+    from monai_cxrssl.networks.backbones import build_backbone
+
+    for key in ("backbone", "num_outputs"):
+        if key not in info:
+            raise KeyError(f"the classifier's model_info has no '{key}' (written by every training run of this package)")
+    spec = dict(info["backbone"])
+    backbone = build_backbone(spec.pop("name"), **{k: v for k, v in spec.items() if k != "out_dim"})
+    return CXRClassifier(backbone, num_outputs=int(info["num_outputs"]), mode=info.get("mode", "finetune"))
