@@ -146,3 +146,35 @@ def test_classifier_inference_passes_monai_checks(tmp_path):
     x = torch.rand(2, 1, 40, 56)
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(ts_path))(x), net(x), atol=1e-5)
+
+
+def test_pretraining_configs_are_generated_from_the_shared_wiring():
+    """Each pretraining bundle's train.json, multi_gpu_train.json and inference.json are bundles/_shared_ssl/
+    merged with its configs/method.json (``python -m monai_cxrssl.bundle_sync``): a hand edit of a generated
+    file, or a shared change not regenerated, fails here; method.json holds a network_def and no bundle_root."""
+    from monai_cxrssl import bundle_sync
+
+    assert [b.name for b in bundle_sync.pretraining_bundles()] == [b.name for b in SSL_BUNDLES]
+    assert bundle_sync.sync(check=True) == [], "run: python -m monai_cxrssl.bundle_sync"
+    for bundle in SSL_BUNDLES:
+        method = json.loads((bundle / "configs" / "method.json").read_text())
+        assert "network_def" in method and "bundle_root" not in method, bundle.name
+        train = json.loads((bundle / "configs" / "train.json").read_text())
+        assert train["bundle_root"] == f"bundles/{bundle.name}" and train["network_def"] == method["network_def"]
+
+
+def test_a_drifted_copy_is_found_and_rewritten(tmp_path):
+    import shutil
+
+    from monai_cxrssl import bundle_sync
+
+    bundles = tmp_path / "bundles"
+    shutil.copytree(REPO_ROOT / "bundles", bundles)
+    train = bundles / "moco_cxr" / "configs" / "train.json"
+    train.write_text(train.read_text().replace('"batch_size": 32', '"batch_size": 64'))
+    (bundles / "_shared_ssl" / "multi_gpu_train.json").write_text('{"dist_timeout_s": 60}\n')
+    stale = bundle_sync.sync(check=True, bundles_dir=bundles, shared_dir=bundles / "_shared_ssl")
+    assert train in stale and all(bundles / f"{b.name}/configs/multi_gpu_train.json" in stale for b in SSL_BUNDLES)
+    bundle_sync.sync(bundles_dir=bundles, shared_dir=bundles / "_shared_ssl")
+    assert bundle_sync.sync(check=True, bundles_dir=bundles, shared_dir=bundles / "_shared_ssl") == []
+    assert '"batch_size": 32' in train.read_text()

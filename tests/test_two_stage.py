@@ -128,6 +128,6 @@ def test_every_pretraining_bundle_wires_init_weights_into_its_method_and_checkpo
     assert method.init_report["source"] == str(path)
     for k, v in method.export_backbone().state_dict().items():
         assert torch.equal(v, source.state_dict()[k]), k
-    handlers = parser.get("train#handlers")
-    checkpoint = next(h for h in handlers if h.get("_target_", "").endswith("SSLCheckpoint"))
+    checkpoint = parser.get("train#checkpoint")
+    assert checkpoint["_target_"].endswith("SSLCheckpoint") and "@train::checkpoint" in parser.get("train#every_process_handlers")
     assert checkpoint["metadata"]["init_weights"] == "@init_weights"
