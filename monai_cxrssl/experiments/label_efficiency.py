@@ -157,7 +157,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The classifier bundle run for every (init, mode, fraction, seed).
-DEFAULT_BUNDLE_DIR = REPO_ROOT / "bundles" / "cxr_classifier"
+#: the classifier bundle of the source checkout (an editable install); with the package installed from a wheel,
+#: ``bundles/cxr_classifier`` under the current directory (run from a copy of the repository's bundles/)
+DEFAULT_BUNDLE_DIR = (REPO_ROOT / "bundles" / "cxr_classifier" if (REPO_ROOT / "bundles" / "cxr_classifier").is_dir()
+                      else Path("bundles") / "cxr_classifier")
 MODES = ("linear", "finetune")
 RANDOM = "random"
 DONE = "done.json"
@@ -865,7 +868,8 @@ def run_study(
     train_json, eval_json = bundle_dir / "configs" / "train.json", bundle_dir / "configs" / "evaluate.json"
     for f in (train_json, eval_json):
         if not f.is_file():
-            raise StudyError(f"--bundle-dir '{bundle_dir}': '{f}' does not exist; expected the cxr_classifier bundle")
+            raise StudyError(f"--bundle-dir '{bundle_dir}': '{f}' does not exist; expected the cxr_classifier bundle "
+                             f"(its folder in a copy of the repository's bundles/)")
     if dataset_dir and datalist:
         raise StudyError("give --dataset_dir or --datalist, not both")
     demo = not (dataset_dir or datalist)
