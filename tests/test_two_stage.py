@@ -129,5 +129,6 @@ def test_every_pretraining_bundle_wires_init_weights_into_its_method_and_checkpo
     for k, v in method.export_backbone().state_dict().items():
         assert torch.equal(v, source.state_dict()[k]), k
     checkpoint = parser.get("train#checkpoint")
-    assert checkpoint["_target_"].endswith("SSLCheckpoint") and "@train::checkpoint" in parser.get("train#every_process_handlers")
+    assert checkpoint["_target_"].endswith("SSLCheckpoint")
+    assert "@train::checkpoint" in parser.get("train#every_process_handlers")
     assert checkpoint["metadata"]["init_weights"] == "@init_weights"

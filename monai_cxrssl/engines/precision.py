@@ -12,10 +12,10 @@
 - :func:`check_bf16_training`: bf16 training is refused (explicit ``bf16``) or not chosen (``auto``)
   for a network whose views reach a convolution this CPU's bf16 kernels get wrong.
 
-A known CPU defect (measured with the PyTorch 2.13 CPU wheel on an Intel Xeon with AMX/AVX512-BF16 and on
-an AMD EPYC with AVX512-BF16): the bf16 weight gradient of a strided, padded convolution on a feature map
-one pixel wide holds uninitialised memory in the taps that only see padding (they must be 0): random values, now and then
-NaN, and different from run to run. A ResNet meets it on views of 16 px or less (layer4's first
+A known CPU defect (measured with the PyTorch 2.13 CPU wheel on an Intel Xeon with AMX/AVX512-BF16 and
+on an AMD EPYC with AVX512-BF16): the bf16 weight gradient of a strided, padded convolution on a feature
+map one pixel wide holds uninitialised memory in the taps that only see padding (they must be 0): random
+values, now and then NaN, and different from run to run. A ResNet meets it on views of 16 px or less (layer4's first
 convolution then sees a 1 x 1 map): DINO's ResNet tests at 32 px with 16 px local crops hit a NaN loss
 in most runs. :func:`cpu_bf16_conv_defect` tests the kernel itself (so a fixed PyTorch is used as
 such); :func:`bf16_unsafe_convs` finds the convolutions a network would run on such a map.
@@ -36,8 +36,8 @@ from monai.inferers import Inferer
 
 from monai_cxrssl.utils import as_bool
 
-__all__ = ["cpu_supports_bf16", "resolve_precision", "resolve_compile", "autocast", "grad_scaler", "to_channels_last", "FastInferer",
-           "cpu_bf16_conv_defect", "bf16_unsafe_convs", "check_bf16_training"]
+__all__ = ["cpu_supports_bf16", "resolve_precision", "resolve_compile", "autocast", "grad_scaler", "to_channels_last",
+           "FastInferer", "cpu_bf16_conv_defect", "bf16_unsafe_convs", "check_bf16_training"]
 
 logger = logging.getLogger(__name__)
 
