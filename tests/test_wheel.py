@@ -20,8 +20,12 @@ from monai_cxrssl.paths import REPO_ROOT
 
 @pytest.mark.slow
 def test_the_wheel_holds_the_package_and_runs_a_bundle_outside_the_checkout(tmp_path):
+    src = tmp_path / "src"  # a copy of what the package is built from: no stale build/ of the checkout in the wheel
+    shutil.copytree(REPO_ROOT / "monai_cxrssl", src / "monai_cxrssl", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO_ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(REPO_ROOT)], check=True, capture_output=True, text=True)
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True, text=True)
     (wheel,) = (tmp_path / "dist").glob("monai_cxrssl-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     modules = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "monai_cxrssl").rglob("*.py"))
