@@ -14,7 +14,7 @@ Sub-packages, one concept each:
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("bundle_checks", "data", "distributed", "engines", "evaluation", "losses", "methods", "networks")
+_SUBPACKAGES = ("bundle_checks", "data", "distributed", "engines", "evaluation", "losses", "methods", "networks", "paths")
 
 
 def __getattr__(name: str):

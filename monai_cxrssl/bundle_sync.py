@@ -86,7 +86,7 @@ def generated_configs(bundle: Path, shared_dir: Path = SHARED_DIR) -> dict[str, 
     specific = _read(bundle / "configs" / METHOD_FILE)
     if "network_def" not in specific:
         raise ValueError(f"'{bundle / 'configs' / METHOD_FILE}': no network_def (the method this bundle trains)")
-    root = {"bundle_root": f"bundles/{bundle.name}"}
+    root = {"bundle_root": f"$monai_cxrssl.paths.bundle_root('{bundle.name}')"}
     train = merge(_read(shared_dir / "train.json"), {**root, **specific})
     inference = merge(_read(shared_dir / "inference.json"), {**root, "backbone": train["backbone"]})
     configs = {"train.json": train, "multi_gpu_train.json": _read(shared_dir / "multi_gpu_train.json"),

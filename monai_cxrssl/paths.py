@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["REPO_ROOT", "shared_data_dir"]
+__all__ = ["REPO_ROOT", "shared_data_dir", "bundle_root"]
 
 #: The repository root when the package is used from a source checkout (editable install).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -21,3 +21,14 @@ def shared_data_dir() -> Path:
     if env:
         return Path(env).expanduser().resolve()
     return (REPO_ROOT / ".." / "shared" / "data").resolve()
+
+
+def bundle_root(name: str) -> str:
+    """A bundle's folder as its config's ``bundle_root`` (where ``outputs/`` goes): ``"."`` when the command runs
+    from inside that folder (the MONAI model zoo's way: a folder named ``name`` with ``configs/metadata.json``),
+    else ``bundles/<name>`` (from the repository root, as every command in the docs). ``--bundle_root``
+    overrides it."""
+    here = Path.cwd()
+    if here.name == name and (here / "configs" / "metadata.json").is_file():
+        return "."
+    return f"bundles/{name}"

@@ -116,3 +116,23 @@ def test_bad_input_fails_before_training_naming_the_problem(tmp_path):
     proc = run_bundle(tmp_path / "o3", "--init_weights", other, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "resnet18_backbone.pt" in log and "Engine run" not in log
+
+
+@pytest.mark.slow
+def test_runs_from_inside_its_own_folder_as_the_model_zoo_does(tmp_path):
+    """bundle_root is the bundle's folder: from inside it (a copy, as the zoo holds it) the outputs go to
+    ./outputs; from the repository root to bundles/simclr_cxr/outputs (every other test and the docs)."""
+    import shutil
+
+    from monai_cxrssl.paths import bundle_root
+
+    folder = tmp_path / "simclr_cxr"
+    shutil.copytree(REPO_ROOT / "bundles" / "simclr_cxr", folder, ignore=shutil.ignore_patterns("outputs"))
+    runner.run_python("-m", "monai.bundle", "run", "--config_file", "configs/train.json", *SMALL, "--epochs", "1",
+                      cwd=folder)
+    assert (folder / "outputs" / "models" / "backbone.pt").is_file() and (folder / "outputs" / "checkpoint.pt").is_file()
+    runner.run_python("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--batch_size", "8",
+                      "--backbone", "resnet10",
+                      cwd=folder)
+    assert (folder / "outputs" / "embeddings" / "embeddings.npy").is_file()
+    assert bundle_root("simclr_cxr") == "bundles/simclr_cxr"  # this process runs from the repository root

@@ -107,7 +107,7 @@ def test_pretraining_bundles_share_one_inference_wiring():
     that is not made to all fails here."""
     def wiring(bundle):
         config = json.loads((bundle / "configs" / "inference.json").read_text())
-        assert config.pop("bundle_root") == f"bundles/{bundle.name}"
+        assert config.pop("bundle_root") == f"$monai_cxrssl.paths.bundle_root('{bundle.name}')"
         config.pop("backbone")
         return config
 
@@ -160,7 +160,8 @@ def test_pretraining_configs_are_generated_from_the_shared_wiring():
         method = json.loads((bundle / "configs" / "method.json").read_text())
         assert "network_def" in method and "bundle_root" not in method, bundle.name
         train = json.loads((bundle / "configs" / "train.json").read_text())
-        assert train["bundle_root"] == f"bundles/{bundle.name}" and train["network_def"] == method["network_def"]
+        assert train["bundle_root"] == f"$monai_cxrssl.paths.bundle_root('{bundle.name}')"
+        assert train["network_def"] == method["network_def"]
 
 
 def test_a_drifted_copy_is_found_and_rewritten(tmp_path):
