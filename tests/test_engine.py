@@ -65,6 +65,12 @@ def test_checkpoint_files_and_backbone_export(tmp_path):
     assert meta["method"] == "simclr" and meta["epoch"] == 1
     for a, b in zip(other.state_dict().values(), method.backbone.state_dict().values()):
         assert torch.equal(a, b)
+    # models/model.pt: the backbone's plain state dict, loadable (strictly) into inference.json's network_def,
+    # as the model zoo's ckpt_export loads it
+    plain = build_backbone("resnet10", widen_factor=0.25)
+    plain.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True), strict=True)
+    for a, b in zip(plain.state_dict().values(), method.backbone.state_dict().values()):
+        assert torch.equal(a, b)
     with pytest.raises(CheckpointError, match="resnet18"):
         load_backbone_weights(build_backbone("resnet18"), tmp_path / "models" / "backbone.pt")
 

@@ -10,8 +10,11 @@ which are checked on resume before any training: resuming with another datalist 
 naming what differs. All files are written atomically, by rank 0 only in a multi-process run (every rank
 resumes from them).
 
-- :class:`SSLCheckpoint` also exports ``models/model.pt`` (the method's state dict, the bundle's
-  ``network_def``) and ``models/backbone.pt`` (the pretrained backbone and its spec).
+- :class:`SSLCheckpoint` also exports ``models/model.pt`` (the pretrained backbone's plain state dict: the
+  weights of the bundle's ``inference.json`` ``network_def``, as the model zoo's tools load them) and
+  ``models/backbone.pt`` (the same weights with the backbone's spec and provenance, which
+  :func:`monai_cxrssl.checkpoints.load_pretrained_encoder` checks). The whole method (heads, momentum
+  encoders, queues, teachers) is in ``checkpoint.pt``.
 - :class:`ClassifierCheckpoint` leaves ``models/model.pt`` to the best-model handler.
 """
 
@@ -286,8 +289,8 @@ class SSLCheckpoint(TrainingCheckpoint):
                 "initialisation": getattr(self.network, "init_report", None) or {"source": "random"}}
 
     def export(self, engine: Engine, common: dict) -> None:
-        atomic_save(self.network.state_dict(), self.save_dir / "models" / "model.pt")
         backbone = self.network.export_backbone()
+        atomic_save(backbone.state_dict(), self.save_dir / "models" / "model.pt")
         atomic_save({"format": BACKBONE_EXPORT, **common, "state_dict": backbone.state_dict()},
                     self.save_dir / "models" / "backbone.pt")
 
