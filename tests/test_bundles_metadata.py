@@ -179,3 +179,19 @@ def test_a_drifted_copy_is_found_and_rewritten(tmp_path):
     bundle_sync.sync(bundles_dir=bundles, shared_dir=bundles / "_shared_ssl")
     assert bundle_sync.sync(check=True, bundles_dir=bundles, shared_dir=bundles / "_shared_ssl") == []
     assert '"batch_size": 32' in train.read_text()
+
+
+def test_classifier_train_workflow_properties(tmp_path):
+    """MONAI's train-workflow properties of the classifier (``train#inferer``, ``validate#inferer``,
+    ``validate#key_metric``, ...): ``check_properties()`` finds nothing missing, and the engines use those ids."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = REPO_ROOT / "bundles" / "cxr_classifier" / "configs"
+    wf = ConfigWorkflow(config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"),
+                        workflow_type="train", output_dir=str(tmp_path), progress=False)
+    wf.initialize()
+    assert wf.check_properties() == []
+    config = json.loads((configs / "train.json").read_text())
+    assert config["train"]["trainer"]["inferer"] == "@train#inferer"
+    assert config["validate"]["evaluator"]["inferer"] == "@validate#inferer"
+    assert config["validate"]["evaluator"]["key_val_metric"] == "@validate#key_metric"
