@@ -71,7 +71,7 @@ def test_best_model_kept_and_early_stopping(tmp_path):
             break
     assert trainer.terminated and epoch == 4  # two validations without gain after the best
     assert best.state_dict() == {"best": 0.7, "best_epoch": 2, "bad_rounds": 2}
-    stored = torch.load(tmp_path / "models" / "model.pt")
+    stored = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(stored[k], v) for k, v in saved_weights.items())
     meta = json.loads((tmp_path / "models" / "model_info.json").read_text())
     assert meta["best_epoch"] == 2 and meta["best_metric"] == {"val_auc": 0.7}

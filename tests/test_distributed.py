@@ -16,7 +16,7 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(two_process_
     from dist_step import run_step
 
     # MoCo's shuffled key batches: 2 chunks in total either way (1 per process, or 2 in this one process)
-    one, two = run_step(method, 8, key_splits=2), torch.load(two_process_steps / f"{method}.pt")
+    one, two = run_step(method, 8, key_splits=2), torch.load(two_process_steps / f"{method}.pt", weights_only=True)
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
     assert torch.allclose(one["params"], two["params"], atol=1e-5)  # gradients gathered and averaged right
     if method == "moco":  # keys of both processes enqueued, in the global batch's order

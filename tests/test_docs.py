@@ -520,7 +520,6 @@ def test_documented_command_runs_as_written(cmd: Command, runs):
     _check(group[cmd.id], cmd.argv)
 
 
-@pytest.mark.timeout(GROUP_TIMEOUT + 300)
 def test_every_multi_process_config_is_run_through_its_documented_torchrun_command():
     for bundle in BUNDLES:
         overlay = f"bundles/{bundle}/configs/multi_gpu_train.json"
@@ -531,6 +530,7 @@ def test_every_multi_process_config_is_run_through_its_documented_torchrun_comma
                    if overlay in " ".join(c.argv)), f"bundles/{bundle}/docs/README.md: no torchrun command with {overlay}"
 
 
+@pytest.mark.timeout(GROUP_TIMEOUT + 300)
 @pytest.mark.parametrize("bundle_config", [f"{b}:{k}" for b in BUNDLES for k, _ in default_jobs(b)])
 def test_bundle_config_runs_with_its_defaults(bundle_config: str, runs):
     bundle, key = bundle_config.split(":")
