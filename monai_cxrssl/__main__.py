@@ -9,6 +9,7 @@ Commands::
     python -m monai_cxrssl datalist auto DATASET_DIR -o datalist.json
     python -m monai_cxrssl split datalist.json -o resplit.json --val 0.1 --test 0.1 --seed 0
     python -m monai_cxrssl leakage datalist.json
+    python -m monai_cxrssl rankme t0.1=runs/t0.1/embeddings t0.2=runs/t0.2/embeddings
 
 Adding a command: write a function ``register(subparsers)`` that calls
 ``subparsers.add_parser(name, help=...)``, declares its arguments and sets
@@ -256,6 +257,35 @@ def _register_leakage(subparsers) -> None:
     p.set_defaults(func=_cmd_leakage)
 
 
+def _cmd_rankme(args: argparse.Namespace) -> int:
+    from monai_cxrssl.evaluation.rankme import format_rankme_table, rank_encoders
+
+    folders = {}
+    for spec in args.candidates:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise CXRSSLError(f"rankme: '{spec}' is not NAME=EMBEDDINGS_FOLDER")
+        if name in folders:
+            raise CXRSSLError(f"rankme: candidate name '{name}' is given twice")
+        folders[name] = folder
+    rows = rank_encoders(folders)
+    print(json.dumps(rows, indent=1) if args.json else format_rankme_table(rows))
+    return 0
+
+
+def _register_rankme(subparsers) -> None:
+    p = subparsers.add_parser(
+        "rankme",
+        help="rank pretrained encoders by RankMe on unlabelled images (label-free recipe choice)",
+        description="RankMe (Garrido et al., ICML 2023), the effective rank of each candidate's embeddings of "
+        "the same unlabelled images, highest first. Within one method it tracks downstream accuracy, so it picks "
+        "a recipe without spending labels. Each folder is an inference.json embeddings_dir.",
+    )
+    p.add_argument("candidates", nargs="+", metavar="NAME=FOLDER", help="a candidate and its embeddings folder")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=_cmd_rankme)
+
+
 # ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +310,8 @@ def _register_export(subparsers) -> None:
     p.set_defaults(func=_cmd_export)
 
 
-REGISTRARS: list[Registrar | str] = [_register_datalist, _register_split, _register_leakage, _register_export]
+REGISTRARS: list[Registrar | str] = [_register_datalist, _register_split, _register_leakage, _register_export,
+                                     _register_rankme]
 
 
 def _resolve(registrar: Registrar | str) -> Registrar:

@@ -1,10 +1,12 @@
 """Downstream evaluation: ROC AUC, bootstrap and DeLong confidence intervals, paired model comparisons.
 
 - :mod:`monai_cxrssl.evaluation.stats`: numpy in, plain Python floats and dicts out; no bundle needed.
+- :mod:`monai_cxrssl.evaluation.rankme`: label-free comparison of pretrained encoders (RankMe).
 """
 
 from .embeddings import EmbeddingWriter, read_embeddings
 from .metrics import MacroAUC, probabilities
+from .rankme import rank_encoders, rankme
 from .report import PredictionReport, output_names, read_predictions
 from .shift import shift_report
 from .stats import (
@@ -22,6 +24,8 @@ from .stats import (
 __all__ = [
     "EmbeddingWriter",
     "read_embeddings",
+    "rankme",
+    "rank_encoders",
     "MacroAUC",
     "probabilities",
     "PredictionReport",
