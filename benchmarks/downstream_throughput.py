@@ -71,9 +71,9 @@ def _measure(spec: dict, out: Path) -> dict:
 
     e = parser_for(["train.json", "evaluate.json"])
     t = time.perf_counter()
-    n_test = len(e.get_parsed_content("test#dataset"))
+    n_test = len(e.get_parsed_content("validate#dataset"))
     cache_test_s = time.perf_counter() - t
-    evaluator = e.get_parsed_content("test#evaluator")
+    evaluator = e.get_parsed_content("validate#evaluator")
     marks: dict[str, float] = {}
     evaluator.add_event_handler(Events.STARTED, lambda _: marks.setdefault("start", time.perf_counter()))
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda _: marks.__setitem__("last", time.perf_counter()))

@@ -10,7 +10,7 @@ learning-rate schedule, checkpointing and resumption, logging, multi-process tra
 
 A bundle's ``configs/method.json`` holds only what is specific to its method: its settings
 (``learning_rate``, ``temperature``, ``queue_size``...), ``network_def``, its views, what its
-checkpoint records to refuse a resume with other settings (``train#checkpoint#metadata``), and any
+checkpoint records to refuse a resume with other settings (``train#checkpoint_metadata``), and any
 other key of the shared train.json it changes. This module writes each bundle's own
 ``configs/train.json``, ``multi_gpu_train.json`` and ``inference.json`` from the two, so that every
 bundle folder stays self-contained (the MONAI model zoo takes a bundle folder as it is, and the main

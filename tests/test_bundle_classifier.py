@@ -164,7 +164,12 @@ def test_multiclass_on_generated_data(tmp_path):
     dl.update(task="multiclass", classes=["a", "b", "c"])
     path = write_datalist(dl, tmp_path / "three.json")
     out = tmp_path / "mc"
-    bundle(TRAIN, out, "--datalist", path, "--mode", "finetune", "--epochs", "1", *SMALL)
+    bundle(TRAIN, out, "--datalist", path, "--mode", "finetune", "--epochs", "2", "--val_interval", "2", *SMALL)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard" / "validation"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("val_auc")] == [2]  # val_interval 2: validated after epoch 2 only
     bundle(f"['{TRAIN}','{EVALUATE}']", out, "--datalist", path, "--n_resamples", "50", *SMALL)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     rows = list(csv.DictReader(open(out / "eval" / "predictions.csv")))

@@ -1,6 +1,7 @@
 """Every bundle follows the MONAI bundle layout and its metadata verifies offline."""
 
 import json
+import re
 
 import pytest
 
@@ -23,6 +24,15 @@ def test_layout_and_metadata(bundle):
     verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
+    # the zoo's concrete input format, and measured figures that the results page named in the description holds
+    shape = meta["network_data_format"]["inputs"]["image"]["spatial_shape"]
+    assert all(isinstance(s, int) for s in shape) and len(shape) == 2, shape
+    assert meta["eval_metrics"], f"{bundle.name}: eval_metrics is empty"
+    page = re.search(r"docs/results/[\w.]+\.md", meta["description"])
+    assert page, f"{bundle.name}: the description names no results page for eval_metrics"
+    text = (REPO_ROOT / page.group(0)).read_text()
+    for key, value in meta["eval_metrics"].items():
+        assert 0 < value <= 1 and f"{value:.3f}" in text, (bundle.name, key, value, page.group(0))
 
 
 def test_schema_rejects_incomplete_metadata(tmp_path):

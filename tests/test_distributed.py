@@ -37,6 +37,9 @@ def test_simclr_bundle_under_torchrun(tmp_path):
     n_train = len(json.loads((out / "demo_data" / "datalist.json").read_text())["training"])
     assert ckpt["iteration"] == n_train // (4 * 2)  # each process takes its half of every global batch
     assert (out / "models" / "backbone.pt").is_file()
+    # the log, TensorBoard and progress handlers are rank 0's only (disabled, so never built, elsewhere):
+    # one event file for the two processes
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
     # resume under torchrun: every process loads the checkpoint rank 0 wrote
     torchrun(2, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir", out, "--image_size", "32",
              "--batch_size", "4", "--backbone", "resnet10", "--epochs", "2", "--progress",

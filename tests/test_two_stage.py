@@ -128,7 +128,7 @@ def test_every_pretraining_bundle_wires_init_weights_into_its_method_and_checkpo
     assert method.init_report["source"] == str(path)
     for k, v in method.export_backbone().state_dict().items():
         assert torch.equal(v, source.state_dict()[k]), k
-    checkpoint = parser.get("train#checkpoint")
-    assert checkpoint["_target_"].endswith("SSLCheckpoint")
-    assert "@train::checkpoint" in parser.get("train#every_process_handlers")
-    assert checkpoint["metadata"]["init_weights"] == "@init_weights"
+    checkpoint = [h for h in parser.get("train#handlers") if h["_target_"].endswith("SSLCheckpoint")]
+    assert len(checkpoint) == 1 and "_disabled_" not in checkpoint[0]  # every process resumes
+    assert checkpoint[0]["metadata"] == "@train::checkpoint_metadata"
+    assert parser.get("train#checkpoint_metadata")["init_weights"] == "@init_weights"

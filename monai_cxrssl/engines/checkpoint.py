@@ -66,11 +66,19 @@ def tensorboard_writer(log_dir, resume=False, checkpoint=None, step="iteration")
         resume: the bundle's ``resume`` setting (``false``, ``true`` or a checkpoint path).
         checkpoint: the run's own checkpoint, used when ``resume`` is true.
         step: ``"iteration"`` or ``"epoch"``: what the handler's steps count.
+
+    Returns:
+        The writer; ``None`` on a process other than rank 0 under ``torchrun``. The bundles disable the
+        TensorBoard handler there (``"_disabled_": "@not_main_process"``), but MONAI's config parser still
+        evaluates a disabled component's arguments, and a writer made there would leave an empty event
+        file per process.
     """
     from torch.utils.tensorboard import SummaryWriter
 
     if step not in ("iteration", "epoch"):
         raise ValueError(f"step must be 'iteration' or 'epoch', got {step!r}")
+    if not is_main_process():
+        return None
     target = _resume_target(resume, checkpoint)
     purge = None
     if target is not None and target.is_file() and is_main_process():

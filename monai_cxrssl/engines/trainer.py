@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 from monai.engines import Trainer
+from monai.inferers import Inferer, SimpleInferer
 
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.distributed import Heartbeat, describe_silent_ranks, get_rank, is_distributed
@@ -69,6 +70,10 @@ class SSLTrainer(Trainer):
             more than one process is initialised (``torchrun``); ignored otherwise.
         batch_scalars: batch keys whose mean is logged with the loss (e.g. MICLe's share of
             true multi-instance pairs).
+        inferer: how the method is called on the list of views, ``inferer(views, method)`` (a MONAI
+            :class:`~monai.inferers.Inferer`; default :class:`~monai.inferers.SimpleInferer`, i.e.
+            ``method(views)``). Called inside the trainer's autocast; it returns the method's output
+            dictionary (``loss`` and scalars). The bundles name it ``train#inferer``, MONAI's id.
         epoch_length: iterations per epoch (default: the loader's length).
         handlers: Ignite handlers (each with ``attach(engine)``).
         non_blocking: non-blocking host-to-device copies.
@@ -92,6 +97,7 @@ class SSLTrainer(Trainer):
         compile: bool | str = False,
         distributed: bool = False,
         batch_scalars: Sequence[str] = (),
+        inferer: Inferer | None = None,
     ):
         device = torch.device(device)
         super().__init__(
@@ -111,6 +117,7 @@ class SSLTrainer(Trainer):
                              f"augmentations were given")
         self.view_keys = list(method.view_keys or [image_key] * method.num_views)
         self.batch_scalars = list(batch_scalars)
+        self.inferer = SimpleInferer() if inferer is None else inferer
         self.image_key = image_key
         self.seed = int(seed)
         # auto's bf16 is not kept for views that meet this CPU's bf16 convolution defect (see precision.py)
@@ -178,7 +185,10 @@ class SSLTrainer(Trainer):
         self.method.before_step(engine.state.iteration, max_iterations)
         self.method.train()
         with autocast(self.precision, engine.state.device):
-            out = self._forward(views)
+            out = self.inferer(views, self._forward)
+        if not isinstance(out, dict) or "loss" not in out:
+            raise TypeError(f"method '{self.method.name}' through {type(self.inferer).__name__} returned "
+                            f"{type(out).__name__}, not a dictionary with a 'loss'")
         loss = out["loss"].float()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
