@@ -205,3 +205,23 @@ def test_classifier_train_workflow_properties(tmp_path):
     assert config["train"]["trainer"]["inferer"] == "@train#inferer"
     assert config["validate"]["evaluator"]["inferer"] == "@validate#inferer"
     assert config["validate"]["evaluator"]["key_val_metric"] == "@validate#key_metric"
+
+
+@pytest.mark.parametrize("overlay", ["train.json", "multi_gpu_train.json"])
+@pytest.mark.parametrize("bundle", SSL_BUNDLES, ids=lambda p: p.name)
+def test_pretraining_train_workflow_properties(bundle, overlay, tmp_path):
+    """Each pretraining bundle's train workflow, alone and with its torchrun overlay, has every property MONAI's
+    train workflow expects (``train#inferer``, ``train#handlers``, ...), and the trainer uses ``train#inferer``;
+    the rank-0-only handlers are disabled, not sliced, on other ranks."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = bundle / "configs"
+    files = [str(configs / "train.json")] + ([str(configs / overlay)] if overlay != "train.json" else [])
+    wf = ConfigWorkflow(config_file=files, meta_file=str(configs / "metadata.json"), workflow_type="train",
+                        output_dir=str(tmp_path), progress=False)
+    wf.initialize()
+    assert wf.check_properties() == []
+    config = json.loads((configs / "train.json").read_text())
+    assert config["train"]["trainer"]["inferer"] == "@train#inferer"
+    disabled = [h["_target_"] for h in config["train"]["handlers"] if h.get("_disabled_") == "@not_main_process"]
+    assert disabled == ["StatsHandler", "TensorBoardStatsHandler", "monai_cxrssl.engines.ProgressHandler"]
