@@ -1,6 +1,6 @@
 """Wall time of the README's first-screen commands, run exactly as written (bundle defaults, progress bars on).
 
-Each command runs in a fresh copy of the repository's tracked files (so ``bundles/*/outputs`` start empty and
+Each command runs in a fresh copy of the repository's tracked files (so the bundles' run outputs start empty and
 the synthetic demo set is written, as on a fresh clone), one after the other, alone on the machine. Prints
 and writes ``benchmarks/results/quickstart_times.{json,md}`` with the CPU it ran on (model, flags that
 decide the precision, what ``precision auto`` picked).
@@ -37,7 +37,7 @@ COMMANDS = [
     ("dino_cxr", "python -m monai.bundle run --config_file bundles/dino_cxr/configs/train.json",
      "DINO, ViT-S/16, 2 global + 6 local crops, 5 epochs"),
     ("cxr_classifier:train", f"python -m monai.bundle run --config_file {C}/train.json "
-                             "--init_weights bundles/simclr_cxr/outputs/models/backbone.pt",
+                             "--init_weights bundles/simclr_cxr/models/backbone.pt",
      "fine-tuning from the SimCLR backbone, 10 epochs at 224 px: best model by validation AUC"),
     ("cxr_classifier:evaluate", f"python -m monai.bundle run --config_file \"['{C}/train.json','{C}/evaluate.json']\"",
      "test AUC with its 95% bootstrap CI, predictions per image"),

@@ -23,8 +23,15 @@ def shared_data_dir() -> Path:
     return (REPO_ROOT / ".." / "shared" / "data").resolve()
 
 
+#: what a run with the default ``output_dir`` writes into a bundle's folder (``outputs`` from before 0.5.0);
+#: ignored by git, and by anything that copies a bundle
+RUN_OUTPUTS = ("outputs", "models", "checkpoint.pt", "tensorboard", "demo_data", "demo_data_shift", "embeddings",
+               "eval", "eval_shift", "inference")
+
+
 def bundle_root(name: str) -> str:
-    """A bundle's folder as its config's ``bundle_root`` (where ``outputs/`` goes): ``"."`` when the command runs
+    """A bundle's folder as its config's ``bundle_root`` (the default ``output_dir``, so that the weights land in
+    its ``models/``, the zoo's ``ckpt_dir``): ``"."`` when the command runs
     from inside that folder (the MONAI model zoo's way: a folder named ``name`` with ``configs/metadata.json``),
     else ``bundles/<name>`` (from the repository root, as every command in the docs). ``--bundle_root``
     overrides it."""

@@ -11,7 +11,7 @@ import torch
 
 from monai_cxrssl.checkpoints import load_backbone_weights, read_checkpoint
 from monai_cxrssl.networks import build_backbone
-from monai_cxrssl.paths import REPO_ROOT
+from monai_cxrssl.paths import REPO_ROOT, RUN_OUTPUTS
 
 CONFIG = REPO_ROOT / "bundles" / "simclr_cxr" / "configs" / "train.json"
 INFERENCE = CONFIG.with_name("inference.json")
@@ -120,19 +120,22 @@ def test_bad_input_fails_before_training_naming_the_problem(tmp_path):
 
 @pytest.mark.slow
 def test_runs_from_inside_its_own_folder_as_the_model_zoo_does(tmp_path):
-    """bundle_root is the bundle's folder: from inside it (a copy, as the zoo holds it) the outputs go to
-    ./outputs; from the repository root to bundles/simclr_cxr/outputs (every other test and the docs)."""
+    """bundle_root is the bundle's folder and the default output_dir: from inside it (a copy, as the zoo holds it)
+    the weights go to ./models (the zoo's ckpt_dir, models/model.pt) and the run's state beside them; from the
+    repository root to bundles/simclr_cxr/models (the docs' commands)."""
     import shutil
 
     from monai_cxrssl.paths import bundle_root
 
     folder = tmp_path / "simclr_cxr"
-    shutil.copytree(REPO_ROOT / "bundles" / "simclr_cxr", folder, ignore=shutil.ignore_patterns("outputs"))
+    shutil.copytree(REPO_ROOT / "bundles" / "simclr_cxr", folder, ignore=shutil.ignore_patterns(*RUN_OUTPUTS))
     runner.run_python("-m", "monai.bundle", "run", "--config_file", "configs/train.json", *SMALL, "--epochs", "1",
                       cwd=folder)
-    assert (folder / "outputs" / "models" / "backbone.pt").is_file() and (folder / "outputs" / "checkpoint.pt").is_file()
+    assert (folder / "models" / "model.pt").is_file() and (folder / "models" / "backbone.pt").is_file()
+    assert (folder / "checkpoint.pt").is_file() and (folder / "tensorboard").is_dir()
     runner.run_python("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--batch_size", "8",
                       "--backbone", "resnet10",
                       cwd=folder)
-    assert (folder / "outputs" / "embeddings" / "embeddings.npy").is_file()
+    assert (folder / "embeddings" / "embeddings.npy").is_file()
+    assert not (folder / "outputs").exists() and not (folder / "bundles").exists()
     assert bundle_root("simclr_cxr") == "bundles/simclr_cxr"  # this process runs from the repository root

@@ -7,7 +7,7 @@ import pytest
 
 from monai.bundle import ConfigParser, verify_metadata
 
-from monai_cxrssl.paths import REPO_ROOT
+from monai_cxrssl.paths import REPO_ROOT, RUN_OUTPUTS
 
 BUNDLES = sorted(p for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs").is_dir())
 SCHEMA = REPO_ROOT / "bundles" / "metadata_schema.json"
@@ -28,6 +28,9 @@ def test_layout_and_metadata(bundle):
     shape = meta["network_data_format"]["inputs"]["image"]["spatial_shape"]
     assert all(isinstance(s, int) for s in shape) and len(shape) == 2, shape
     assert meta["eval_metrics"], f"{bundle.name}: eval_metrics is empty"
+    import monai_cxrssl
+
+    assert meta["required_packages_version"]["monai_cxrssl"] == monai_cxrssl.__version__  # the wheel setup.cfg builds
     page = re.search(r"docs/results/[\w.]+\.md", meta["description"])
     assert page, f"{bundle.name}: the description names no results page for eval_metrics"
     text = (REPO_ROOT / page.group(0)).read_text()
@@ -180,7 +183,7 @@ def test_a_drifted_copy_is_found_and_rewritten(tmp_path):
     from monai_cxrssl import bundle_sync
 
     bundles = tmp_path / "bundles"
-    shutil.copytree(REPO_ROOT / "bundles", bundles)
+    shutil.copytree(REPO_ROOT / "bundles", bundles, ignore=shutil.ignore_patterns(*RUN_OUTPUTS))
     train = bundles / "moco_cxr" / "configs" / "train.json"
     train.write_text(train.read_text().replace('"batch_size": 32', '"batch_size": 64'))
     (bundles / "_shared_ssl" / "multi_gpu_train.json").write_text('{"dist_timeout_s": 60}\n')

@@ -4,7 +4,7 @@ with its defaults.
 - **Documented commands.** Every command in a ```` ```bash ```` block of ``README.md`` and
   ``bundles/*/docs/README.md`` is collected from the files themselves (a command added to the docs is tested
   without anyone writing a test for it) and run as written, in document order, from a copy of the repository
-  (so that one command's outputs, e.g. ``bundles/simclr_cxr/outputs/models/backbone.pt``, are there for the
+  (so that one command's outputs, e.g. ``bundles/simclr_cxr/models/backbone.pt``, are there for the
   next). Only two things are changed:
 
   1. settings that make it small are *appended* (the last value of a repeated setting wins, for
@@ -331,8 +331,8 @@ class Sandbox:
             code, out = None, f"timed out after {timeout:.0f} s\n{e.stdout or ''}{e.stderr or ''}"
         for config in _configs(argv):
             bundle = config.split("/")[1]
-            if bundle in SSL_BUNDLES and (self.root / "bundles" / bundle / "outputs" / "models" / "backbone.pt").is_file():
-                self.last_backbone = str(self.root / "bundles" / bundle / "outputs" / "models" / "backbone.pt")
+            if bundle in SSL_BUNDLES and (self.root / "bundles" / bundle / "models" / "backbone.pt").is_file():
+                self.last_backbone = str(self.root / "bundles" / bundle / "models" / "backbone.pt")
         return Result(argv, code, out if isinstance(out, str) else out.decode(errors="replace"),
                       time.monotonic() - t0, t0, self.root)
 
@@ -542,7 +542,7 @@ def test_bundle_config_runs_with_its_defaults(bundle_config: str, runs):
         from monai_cxrssl.networks import build_backbone
 
         config = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "train.json").read_text())
-        outputs = result.cwd / "bundles" / bundle / "outputs"
+        outputs = result.cwd / "bundles" / bundle  # the default output_dir: the bundle's folder
         ckpt = read_checkpoint(outputs / "checkpoint.pt")
         assert ckpt["backbone"]["name"] == config["backbone"], _fail(result, "the default backbone")
         assert ckpt["metadata"]["image_size"] == config["image_size"], _fail(result, "the default image size")
@@ -551,7 +551,7 @@ def test_bundle_config_runs_with_its_defaults(bundle_config: str, runs):
     if bundle in SSL_BUNDLES and key == "inference":  # one embedding per demo image, each once
         from monai_cxrssl.evaluation import read_embeddings
 
-        emb, paths, _ = read_embeddings(result.cwd / "bundles" / bundle / "outputs" / "embeddings")
-        demo = json.loads((result.cwd / "bundles" / bundle / "outputs" / "demo_data" / "datalist.json").read_text())
+        emb, paths, _ = read_embeddings(result.cwd / "bundles" / bundle / "embeddings")
+        demo = json.loads((result.cwd / "bundles" / bundle / "demo_data" / "datalist.json").read_text())
         n = sum(len(v) for k, v in demo.items() if k in ("training", "validation", "test"))
         assert emb.shape[0] == n == len(set(paths)), _fail(result, f"{n} demo images embedded once each")

@@ -15,7 +15,7 @@ import zipfile
 
 import pytest
 
-from monai_cxrssl.paths import REPO_ROOT
+from monai_cxrssl.paths import REPO_ROOT, RUN_OUTPUTS
 
 
 @pytest.mark.slow
@@ -36,7 +36,7 @@ def test_the_wheel_holds_the_package_and_runs_a_bundle_outside_the_checkout(tmp_
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, text=True)
     work = tmp_path / "work"
-    shutil.copytree(REPO_ROOT / "bundles", work / "bundles")
+    shutil.copytree(REPO_ROOT / "bundles", work / "bundles", ignore=shutil.ignore_patterns(*RUN_OUTPUTS))
     env = {**os.environ, "PYTHONPATH": str(site), "PYTHONWARNINGS": "ignore"}
 
     def run(*args):
@@ -48,7 +48,7 @@ def test_the_wheel_holds_the_package_and_runs_a_bundle_outside_the_checkout(tmp_
     assert where.startswith(str(site)), where
     run("-m", "monai.bundle", "run", "--config_file", "bundles/simclr_cxr/configs/train.json", "--backbone", "resnet10",
         "--image_size", "32", "--batch_size", "8", "--epochs", "1", "--progress", "false", "--cache_workers", "1")
-    assert (work / "bundles" / "simclr_cxr" / "outputs" / "models" / "backbone.pt").is_file()
+    assert (work / "bundles" / "simclr_cxr" / "models" / "backbone.pt").is_file()
     # the study finds the classifier bundle under the current directory when the package is not a checkout
     run("-m", "monai_cxrssl.experiments.label_efficiency", "--out", "study", "--allow-demo", "--init", "random",
         "--modes", "linear", "--fractions", "1.0", "--seeds", "0", "--backbone", "resnet10", "--image-size", "32",

@@ -10,7 +10,7 @@ which are checked on resume before any training: resuming with another datalist 
 naming what differs. All files are written atomically, by rank 0 only in a multi-process run (every rank
 resumes from them).
 
-- :class:`SSLCheckpoint` also exports ``models/model.pt`` (the pretrained backbone's plain state dict: the
+- :class:`SSLCheckpoint` also exports ``models/model.pt`` (in ``ckpt_dir``) (the pretrained backbone's plain state dict: the
   weights of the bundle's ``inference.json`` ``network_def``, as the model zoo's tools load them) and
   ``models/backbone.pt`` (the same weights with the backbone's spec and provenance, which
   :func:`monai_cxrssl.checkpoints.load_pretrained_encoder` checks). The whole method (heads, momentum
@@ -102,13 +102,16 @@ class TrainingCheckpoint:
             if it is missing); or a path to a checkpoint.
         metadata: extra JSON-able facts stored in every file (data source, settings...).
         extra_state: other objects with ``state_dict``/``load_state_dict`` to save and restore.
+        ckpt_dir: where the exported models go (the bundle's ``ckpt_dir``; default ``save_dir/models``).
     """
 
     format = "monai_cxrssl/training-checkpoint"
 
     def __init__(self, save_dir, network, optimizer, lr_scheduler=None, save_interval: int = 1,
-                 resume: bool | str = False, metadata: dict | None = None, extra_state: Mapping | None = None):
+                 resume: bool | str = False, metadata: dict | None = None, extra_state: Mapping | None = None,
+                 ckpt_dir=None):
         self.save_dir = Path(save_dir)
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else self.save_dir / "models"
         self.network = network
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -141,7 +144,7 @@ class TrainingCheckpoint:
         """Before training: remove temporaries left by a killed write, and check there is room for a checkpoint."""
         if not is_main_process():
             return
-        for folder in (self.save_dir, self.save_dir / "models"):
+        for folder in (self.save_dir, self.ckpt_dir):
             remove_stale_temporaries(folder)
         check_free_space(self.save_dir, self.estimated_bytes(), "this run's checkpoint and exported models")
 
@@ -282,8 +285,10 @@ class SSLCheckpoint(TrainingCheckpoint):
     format = SSL_CHECKPOINT
 
     def __init__(self, save_dir, method, optimizer, lr_scheduler=None, save_interval: int = 1,
-                 resume: bool | str = False, metadata: dict | None = None, extra_state: Mapping | None = None):
-        super().__init__(save_dir, method, optimizer, lr_scheduler, save_interval, resume, metadata, extra_state)
+                 resume: bool | str = False, metadata: dict | None = None, extra_state: Mapping | None = None,
+                 ckpt_dir=None):
+        super().__init__(save_dir, method, optimizer, lr_scheduler, save_interval, resume, metadata, extra_state,
+                         ckpt_dir)
 
     def identity(self) -> dict:
         return {"method": self.network.name, "backbone": self.network.export_backbone().spec()}
@@ -298,9 +303,9 @@ class SSLCheckpoint(TrainingCheckpoint):
 
     def export(self, engine: Engine, common: dict) -> None:
         backbone = self.network.export_backbone()
-        atomic_save(backbone.state_dict(), self.save_dir / "models" / "model.pt")
+        atomic_save(backbone.state_dict(), self.ckpt_dir / "model.pt")
         atomic_save({"format": BACKBONE_EXPORT, **common, "state_dict": backbone.state_dict()},
-                    self.save_dir / "models" / "backbone.pt")
+                    self.ckpt_dir / "backbone.pt")
 
 
 class ClassifierCheckpoint(TrainingCheckpoint):

@@ -92,11 +92,13 @@ class BestModelHandler:
         patience: validations without improvement before stopping; 0 never stops.
         info: JSON-able description stored with the best model.
         trainer: the trainer to stop (or call :meth:`set_trainer`).
+        ckpt_dir: where the model files go (the bundle's ``ckpt_dir``; default ``save_dir/models``).
     """
 
     def __init__(self, save_dir, network, metric_name: str = "val_auc", patience: int = 0, info: dict | None = None,
-                 trainer: Engine | None = None):
+                 trainer: Engine | None = None, ckpt_dir=None):
         self.save_dir = Path(save_dir)
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else self.save_dir / "models"
         self.network = network
         self.metric_name = metric_name
         self.patience = int(patience)
@@ -136,7 +138,7 @@ class BestModelHandler:
         method ``supervised``, with the data and labels it was trained on and its own initialisation):
         supervised pretraining on a labelled source, which any bundle's ``init_weights`` and the
         label-efficiency study's ``--init`` take like an SSL backbone."""
-        models = self.save_dir / "models"
+        models = self.ckpt_dir
         atomic_save(self.network.state_dict(), models / "model.pt")
         if getattr(self.network, "mode", None) == "finetune":
             atomic_save(self.backbone_export(selection), models / "backbone.pt")

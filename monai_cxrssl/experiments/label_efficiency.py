@@ -4,7 +4,7 @@ One command trains and evaluates the classifier bundle (``bundles/cxr_classifier
 combination of
 
 - **initialisation** (``--init``): ``random``, or a pretraining bundle's ``models/backbone.pt``
-  (``name=path``, e.g. ``simclr=bundles/simclr_cxr/outputs/models/backbone.pt``);
+  (``name=path``, e.g. ``simclr=bundles/simclr_cxr/models/backbone.pt``);
 - **mode** (``--modes``): ``linear`` (linear probe: frozen backbone, only the head trains: how good
   are the features as they are) and ``finetune`` (end to end: how good a starting point they are).
   The linear probe is by default (``--linear-solver lbfgs``) an L2-regularised logistic regression
@@ -28,7 +28,7 @@ seed) see exactly the same labelled images, so their difference is paired.
 Usage::
 
     python -m monai_cxrssl.experiments.label_efficiency --out studies/kermany \\
-        --dataset_dir /data/kermany --init random --init simclr=bundles/simclr_cxr/outputs/models/backbone.pt \\
+        --dataset_dir /data/kermany --init random --init simclr=bundles/simclr_cxr/models/backbone.pt \\
         --modes linear finetune --fractions 0.01 0.1 1.0 --seeds 0 1 2 \\
         [--epochs-linear 10 --epochs-finetune 5 --lr-linear 0.01 --lr-finetune 1e-4 --backbone resnet18 \\
          --image-size 64 --batch-size 64 --n-resamples 1000 --set patience=3 --set device=cuda]
@@ -220,7 +220,7 @@ def parse_init(text: str) -> tuple[str, str | None]:
     if text == RANDOM:
         return RANDOM, None
     if "=" not in text:
-        raise StudyError(f"--init {text!r}: expected 'random' or NAME=PATH (e.g. simclr=outputs/models/backbone.pt); "
+        raise StudyError(f"--init {text!r}: expected 'random' or NAME=PATH (e.g. simclr=bundles/simclr_cxr/models/backbone.pt); "
                          "the name labels the init in run folders and in the table")
     name, path = (part.strip() for part in text.split("=", 1))
     if not name or not path:
