@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pytest
 
@@ -228,3 +229,34 @@ def test_pretraining_train_workflow_properties(bundle, overlay, tmp_path):
     assert config["train"]["trainer"]["inferer"] == "@train#inferer"
     disabled = [h["_target_"] for h in config["train"]["handlers"] if h.get("_disabled_") == "@not_main_process"]
     assert disabled == ["StatsHandler", "TensorBoardStatsHandler", "monai_cxrssl.engines.ProgressHandler"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", [b for b in BUNDLES if b.name != "simclr_cxr"], ids=lambda p: p.name)
+def test_every_config_runs_from_inside_the_bundle_folder(bundle, tmp_path):
+    """As the model zoo holds a bundle (SimCLR: ``tests/test_bundle_simclr.py``): from inside a copy of its folder,
+    with the default output_dir, training writes ``models/model.pt`` (the zoo's ``ckpt_dir``), and the bundle's
+    other configs read it from there."""
+    import runner
+
+    folder = tmp_path / bundle.name
+    shutil.copytree(bundle, folder, ignore=shutil.ignore_patterns(*RUN_OUTPUTS))
+    small = ["--image_size", "32", "--batch_size", "8", "--progress", "false", "--cache_workers", "1"]
+    if bundle.name != "dino_cxr":
+        small += ["--backbone", "resnet10"]
+    runner.run_python("-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--epochs", "1", *small,
+                      cwd=folder)
+    assert (folder / "models" / "model.pt").is_file() and (folder / "checkpoint.pt").is_file()
+    if bundle.name == "cxr_classifier":
+        runner.run_python("-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
+                          *small, "--n_resamples", "20", cwd=folder)
+        assert (folder / "eval" / "metrics.json").is_file()
+        runner.run_python("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--batch_size", "8",
+                          cwd=folder)
+        assert (folder / "inference" / "predictions.csv").is_file()
+    else:
+        backbone = [] if bundle.name == "dino_cxr" else ["--backbone", "resnet10"]
+        runner.run_python("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--batch_size", "8",
+                          *backbone, cwd=folder)
+        assert (folder / "embeddings" / "embeddings.npy").is_file()
+    assert not (folder / "outputs").exists() and not (folder / "bundles").exists()
