@@ -286,11 +286,6 @@ def _register_rankme(subparsers) -> None:
     p.set_defaults(func=_cmd_rankme)
 
 
-# ---------------------------------------------------------------------------------------------
-# entry point
-# ---------------------------------------------------------------------------------------------
-
-#: Functions ``register(subparsers)`` adding one command each, or ``"module:function"`` strings.
 def _cmd_export(args: argparse.Namespace) -> int:
     from monai_cxrssl.engines.classification import export_torchscript
 
@@ -310,6 +305,12 @@ def _register_export(subparsers) -> None:
     p.set_defaults(func=_cmd_export)
 
 
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------
+
+#: Functions ``register(subparsers)`` adding one command each, or ``"module:function"`` strings.
 REGISTRARS: list[Registrar | str] = [_register_datalist, _register_split, _register_leakage, _register_export,
                                      _register_rankme]
 
