@@ -8,6 +8,7 @@ import pytest
 
 from monai.bundle import ConfigParser, verify_metadata
 
+import monai_cxrssl
 from monai_cxrssl.paths import REPO_ROOT, RUN_OUTPUTS
 
 BUNDLES = sorted(p for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs").is_dir())
@@ -29,8 +30,6 @@ def test_layout_and_metadata(bundle):
     shape = meta["network_data_format"]["inputs"]["image"]["spatial_shape"]
     assert all(isinstance(s, int) for s in shape) and len(shape) == 2, shape
     assert meta["eval_metrics"], f"{bundle.name}: eval_metrics is empty"
-    import monai_cxrssl
-
     assert meta["required_packages_version"]["monai_cxrssl"] == monai_cxrssl.__version__  # the wheel setup.cfg builds
     page = re.search(r"docs/results/[\w.]+\.md", meta["description"])
     assert page, f"{bundle.name}: the description names no results page for eval_metrics"
@@ -241,9 +240,8 @@ def test_every_config_runs_from_inside_the_bundle_folder(bundle, tmp_path):
 
     folder = tmp_path / bundle.name
     shutil.copytree(bundle, folder, ignore=shutil.ignore_patterns(*RUN_OUTPUTS))
-    small = ["--image_size", "32", "--batch_size", "8", "--progress", "false", "--cache_workers", "1"]
-    if bundle.name != "dino_cxr":
-        small += ["--backbone", "resnet10"]
+    backbone = [] if bundle.name == "dino_cxr" else ["--backbone", "resnet10"]
+    small = ["--image_size", "32", "--batch_size", "8", "--progress", "false", "--cache_workers", "1", *backbone]
     runner.run_python("-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--epochs", "1", *small,
                       cwd=folder)
     assert (folder / "models" / "model.pt").is_file() and (folder / "checkpoint.pt").is_file()
@@ -255,7 +253,6 @@ def test_every_config_runs_from_inside_the_bundle_folder(bundle, tmp_path):
                           cwd=folder)
         assert (folder / "inference" / "predictions.csv").is_file()
     else:
-        backbone = [] if bundle.name == "dino_cxr" else ["--backbone", "resnet10"]
         runner.run_python("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--batch_size", "8",
                           *backbone, cwd=folder)
         assert (folder / "embeddings" / "embeddings.npy").is_file()

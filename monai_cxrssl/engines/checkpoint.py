@@ -10,7 +10,7 @@ which are checked on resume before any training: resuming with another datalist 
 naming what differs. All files are written atomically, by rank 0 only in a multi-process run (every rank
 resumes from them).
 
-- :class:`SSLCheckpoint` also exports ``models/model.pt`` (in ``ckpt_dir``) (the pretrained backbone's plain state dict: the
+- :class:`SSLCheckpoint` also exports ``models/model.pt`` into ``ckpt_dir`` (the pretrained backbone's plain state dict: the
   weights of the bundle's ``inference.json`` ``network_def``, as the model zoo's tools load them) and
   ``models/backbone.pt`` (the same weights with the backbone's spec and provenance, which
   :func:`monai_cxrssl.checkpoints.load_pretrained_encoder` checks). The whole method (heads, momentum
@@ -81,7 +81,7 @@ def tensorboard_writer(log_dir, resume=False, checkpoint=None, step="iteration")
         return None
     target = _resume_target(resume, checkpoint)
     purge = None
-    if target is not None and target.is_file() and is_main_process():
+    if target is not None and target.is_file():
         try:
             purge = int(read_checkpoint(target).get(step, 0)) + 1
         except CheckpointError:
