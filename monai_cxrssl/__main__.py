@@ -10,6 +10,7 @@ Commands::
     python -m monai_cxrssl split datalist.json -o resplit.json --val 0.1 --test 0.1 --seed 0
     python -m monai_cxrssl leakage datalist.json
     python -m monai_cxrssl rankme t0.1=runs/t0.1/embeddings t0.2=runs/t0.2/embeddings
+    python -m monai_cxrssl large-files bundles/simclr_cxr --url-prefix https://example.org/simclr_cxr/models
 
 Adding a command: write a function ``register(subparsers)`` that calls
 ``subparsers.add_parser(name, help=...)``, declares its arguments and sets
@@ -310,8 +311,34 @@ def _register_export(subparsers) -> None:
 # ---------------------------------------------------------------------------------------------
 
 #: Functions ``register(subparsers)`` adding one command each, or ``"module:function"`` strings.
+def _cmd_large_files(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from monai_cxrssl.bundle_publish import LARGE_FILES, write_large_files
+
+    entries = write_large_files(args.bundle, args.url_prefix, args.ckpt_dir)
+    print(f"wrote {Path(args.bundle) / LARGE_FILES}")
+    for entry in entries:
+        print(f"  {entry['path']} <- {entry['url']} (sha256 {entry['hash_val'][:12]}...)")
+    return 0
+
+
+def _register_large_files(subparsers) -> None:
+    p = subparsers.add_parser(
+        "large-files",
+        help="write a trained bundle's large_files.yml (the model zoo's list of its weights, URLs and hashes)",
+        description="List every file of BUNDLE/models (the ckpt_dir training wrote) in BUNDLE/large_files.yml, "
+        "at URL_PREFIX/<name> with its SHA-256, for MONAI's download_large_files and the model zoo. "
+        "Upload the folder's files under URL_PREFIX.",
+    )
+    p.add_argument("bundle", help="the trained bundle's folder")
+    p.add_argument("--url-prefix", required=True, help="URL the files of models/ are uploaded under")
+    p.add_argument("--ckpt-dir", default="models", help="weights folder inside the bundle (default: models)")
+    p.set_defaults(func=_cmd_large_files)
+
+
 REGISTRARS: list[Registrar | str] = [_register_datalist, _register_split, _register_leakage, _register_export,
-                                     _register_rankme]
+                                     _register_rankme, _register_large_files]
 
 
 def _resolve(registrar: Registrar | str) -> Registrar:

@@ -234,8 +234,8 @@ def test_pretraining_train_workflow_properties(bundle, overlay, tmp_path):
 @pytest.mark.parametrize("bundle", [b for b in BUNDLES if b.name != "simclr_cxr"], ids=lambda p: p.name)
 def test_every_config_runs_from_inside_the_bundle_folder(bundle, tmp_path):
     """As the model zoo holds a bundle (SimCLR: ``tests/test_bundle_simclr.py``): from inside a copy of its folder,
-    with the default output_dir, training writes ``models/model.pt`` (the zoo's ``ckpt_dir``), and the bundle's
-    other configs read it from there."""
+    with the default output_dir, training writes ``models/model.pt`` (the zoo's ``ckpt_dir``); published with
+    ``large_files.yml`` and downloaded again by MONAI, the bundle's other configs read it from there."""
     import runner
 
     folder = tmp_path / bundle.name
@@ -245,6 +245,13 @@ def test_every_config_runs_from_inside_the_bundle_folder(bundle, tmp_path):
     runner.run_python("-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--epochs", "1", *small,
                       cwd=folder)
     assert (folder / "models" / "model.pt").is_file() and (folder / "checkpoint.pt").is_file()
+    # published as the zoo holds it: models/ uploaded (here to a local folder), large_files.yml written, and the
+    # weights gone from the bundle until MONAI's download_large_files fetches and checks them for the configs below
+    host = tmp_path / "host"
+    shutil.copytree(folder / "models", host)
+    runner.run_python("-m", "monai_cxrssl", "large-files", ".", "--url-prefix", host.as_uri(), cwd=folder)
+    shutil.rmtree(folder / "models")
+    runner.run_python("-m", "monai.bundle", "download_large_files", "--bundle_path", ".", cwd=folder)
     if bundle.name == "cxr_classifier":
         runner.run_python("-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
                           *small, "--n_resamples", "20", cwd=folder)
