@@ -1,5 +1,6 @@
-"""The package as a wheel: it builds, holds every module (and no tests), and runs a bundle from a copy of
-``bundles/`` outside the checkout, with the installed package, not the source tree, on the path.
+"""The package as a wheel: it builds, holds every module (and no tests), and runs every bundle from a copy of
+``bundles/`` outside the checkout, with the installed package, not the source tree, on the path: each pretraining
+bundle's training and embeddings, the classifier's training and evaluation through the label-efficiency study.
 
 The wheel is installed with ``--no-deps --target`` beside this environment's dependencies (a clean
 environment would download them: see the closing notes for that check)."""
@@ -19,7 +20,7 @@ from monai_cxrssl.paths import REPO_ROOT, RUN_OUTPUTS
 
 
 @pytest.mark.slow
-def test_the_wheel_holds_the_package_and_runs_a_bundle_outside_the_checkout(tmp_path):
+def test_the_wheel_holds_the_package_and_runs_every_bundle_outside_the_checkout(tmp_path):
     src = tmp_path / "src"  # a copy of what the package is built from: no stale build/ of the checkout in the wheel
     shutil.copytree(REPO_ROOT / "monai_cxrssl", src / "monai_cxrssl", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
@@ -46,9 +47,14 @@ def test_the_wheel_holds_the_package_and_runs_a_bundle_outside_the_checkout(tmp_
 
     where = run("-c", "import monai_cxrssl; print(monai_cxrssl.__file__)").stdout.strip()
     assert where.startswith(str(site)), where
-    run("-m", "monai.bundle", "run", "--config_file", "bundles/simclr_cxr/configs/train.json", "--backbone", "resnet10",
-        "--image_size", "32", "--batch_size", "8", "--epochs", "1", "--progress", "false", "--cache_workers", "1")
-    assert (work / "bundles" / "simclr_cxr" / "models" / "backbone.pt").is_file()
+    small = ["--image_size", "32", "--batch_size", "8", "--progress", "false", "--cache_workers", "1"]
+    for bundle in ("simclr_cxr", "moco_cxr", "micle_cxr", "dino_cxr"):  # every pretraining bundle, and its embeddings
+        backbone = [] if bundle == "dino_cxr" else ["--backbone", "resnet10"]
+        configs = work / "bundles" / bundle / "configs"
+        run("-m", "monai.bundle", "run", "--config_file", str(configs / "train.json"), "--epochs", "1", *small, *backbone)
+        assert (work / "bundles" / bundle / "models" / "backbone.pt").is_file()
+        run("-m", "monai.bundle", "run", "--config_file", str(configs / "inference.json"), *small, *backbone)
+        assert (work / "bundles" / bundle / "embeddings" / "embeddings.npy").is_file()
     # the study finds the classifier bundle under the current directory when the package is not a checkout
     run("-m", "monai_cxrssl.experiments.label_efficiency", "--out", "study", "--allow-demo", "--init", "random",
         "--modes", "linear", "--fractions", "1.0", "--seeds", "0", "--backbone", "resnet10", "--image-size", "32",
