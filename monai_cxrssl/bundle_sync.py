@@ -1,4 +1,4 @@
-"""One wiring for the four pretraining bundles: ``bundles/_shared_ssl/`` plus each method's ``configs/method.json``.
+"""One wiring for every pretraining bundle: ``bundles/_shared_ssl/`` plus each method's ``configs/method.json``.
 
 The pretraining bundles share everything but the method: data, preprocessing and cache, optimiser and
 learning-rate schedule, checkpointing and resumption, logging, multi-process training, the inference

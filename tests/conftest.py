@@ -65,11 +65,14 @@ def dicom_dir(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def two_process_steps(tmp_path_factory) -> Path:
     """One step of each SSL method (``tests/dist_step.py``) with 2 processes of batch 4 under ``torchrun``, all
-    four in one launch: ``<folder>/<method>.pt`` as rank 0 wrote them."""
+    in one launch: ``<folder>/<method>.pt`` as rank 0 wrote them, and ``<method>_vit.pt`` on a ViT for the
+    methods whose bundle trains one by default."""
     from runner import torchrun
+    from small_methods import METHODS, default_backbone
 
     out = tmp_path_factory.mktemp("two_processes")
-    torchrun(2, Path(__file__).with_name("dist_step.py"), ",".join(("simclr", "micle", "moco", "dino")), 8, out)
+    specs = [*METHODS, *(f"{m}:vit" for m in METHODS if default_backbone(m).startswith("vit"))]
+    torchrun(2, Path(__file__).with_name("dist_step.py"), ",".join(specs), 8, out)
     return out
 
 

@@ -32,7 +32,7 @@ def main(out: str, epochs: int, resume: bool, kill: str | None) -> None:
     g = torch.Generator().manual_seed(0)
     items = [{"image": torch.rand(1, 32, 32, generator=g)} for _ in range(12)]
     method = MoCo(build_backbone("resnet10", widen_factor=0.25), hidden_dim=32, out_dim=16, queue_size=16)
-    opt = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(method.param_groups(1e-5), lr=1e-3)  # as the bundles build it
     loader = ssl_dataloader(Dataset(items), batch_size=4, seed=0)
     sched = warmup_cosine(opt, total_steps=epochs * len(loader), warmup_steps=1)
     handlers = [LrScheduleHandler(sched, epoch_level=False, print_lr=False),

@@ -31,8 +31,8 @@ def test_demo_run_checkpoints_queue_and_key_encoder_and_resumes(tmp_path):
     ckpt = read_checkpoint(out / "checkpoint.pt")
     sd = ckpt["state_dict"]
     assert ckpt["method"] == "moco" and ckpt["epoch"] == 1 and ckpt["iteration"] == n_train // 8
-    assert sd["queue"].shape == (20, 128) and int(sd["queue_ptr"]) == (ckpt["iteration"] * 8) % 20
-    assert torch.allclose(sd["queue"].norm(dim=1), torch.ones(20), atol=1e-4)
+    assert sd["memory.keys"].shape == (20, 128) and int(sd["memory.ptr"]) == (ckpt["iteration"] * 8) % 20
+    assert torch.allclose(sd["memory.keys"].norm(dim=1), torch.ones(20), atol=1e-4)
     key_params = [k for k in sd if k.startswith(("key_backbone.", "key_head."))]
     assert len(key_params) == len([k for k in sd if k.startswith(("backbone.", "head."))])
     assert ckpt["metadata"]["queue_size"] == 20 and ckpt["metadata"]["key_splits"] == 2
@@ -46,7 +46,7 @@ def test_demo_run_checkpoints_queue_and_key_encoder_and_resumes(tmp_path):
     run_bundle(out, "--epochs", "2", "--resume", "true")
     ckpt2 = read_checkpoint(out / "checkpoint.pt")
     assert ckpt2["epoch"] == 2 and ckpt2["iteration"] == 2 * ckpt["iteration"]
-    assert int(ckpt2["state_dict"]["queue_ptr"]) == (ckpt2["iteration"] * 8) % 20
+    assert int(ckpt2["state_dict"]["memory.ptr"]) == (ckpt2["iteration"] * 8) % 20
     for k in ("queue", "key_head.0.weight", "backbone.net.conv1.weight"):
         assert not torch.equal(ckpt["state_dict"][k], ckpt2["state_dict"][k]), k
 
@@ -63,5 +63,5 @@ def test_real_kermany_short_run(tmp_path, kermany_dir):
     run_bundle(out, "--epochs", "1", "--datalist", dl_path, "--momentum_schedule", "cosine")
     ckpt = read_checkpoint(out / "checkpoint.pt")
     assert ckpt["iteration"] == 6 and ckpt["metadata"]["datalist"] == str(dl_path)
-    assert int(ckpt["state_dict"]["queue_ptr"]) == (6 * 8) % 20
+    assert int(ckpt["state_dict"]["memory.ptr"]) == (6 * 8) % 20
     assert not (out / "demo_data").exists()

@@ -115,7 +115,7 @@ def test_pretraining_bundle_inference_passes_monai_checks(bundle, tmp_path):
 
 
 def test_pretraining_bundles_share_one_inference_wiring():
-    """The four pretraining bundles' inference.json are one wiring (each bundle folder stays self-contained for
+    """The pretraining bundles' inference.json are one wiring (each bundle folder stays self-contained for
     the model zoo): they differ only in ``bundle_root`` and the default ``backbone``, so that a change to one
     that is not made to all fails here."""
     def wiring(bundle):

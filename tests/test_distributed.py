@@ -9,9 +9,10 @@ from runner import torchrun
 import torch
 
 from monai_cxrssl.checkpoints import read_checkpoint
+from small_methods import METHODS
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "micle", "moco"])
+@pytest.mark.parametrize("method", METHODS)
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(two_process_steps, method):
     from dist_step import run_step
 
@@ -19,9 +20,14 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(two_process_
     one, two = run_step(method, 8, key_splits=2), torch.load(two_process_steps / f"{method}.pt", weights_only=True)
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
     assert torch.allclose(one["params"], two["params"], atol=1e-5)  # gradients gathered and averaged right
-    if method == "moco":  # keys of both processes enqueued, in the global batch's order
-        assert one["queue_ptr"] == two["queue_ptr"] == 8
-        assert torch.allclose(one["queue"], two["queue"], atol=1e-5)
+    assert torch.allclose(one["targets"], two["targets"], atol=1e-5)  # momentum copies moved alike
+    # buffers: MoCo's queue holds the keys of both processes, in the global batch's order; DINO's centre
+    # averages every process's batch
+    assert one["buffers"].keys() == two["buffers"].keys()
+    for name, value in one["buffers"].items():
+        assert torch.allclose(value.float(), two["buffers"][name].float(), atol=1e-5), name
+    if "memory.ptr" in one["buffers"]:
+        assert int(two["buffers"]["memory.ptr"]) == 8
 
 
 @pytest.mark.slow

@@ -26,10 +26,10 @@ def _items(n=12, size=32, nan_at=None):
     return items
 
 
-def _run(out_dir, epochs, resume=False, items=None, backbone="resnet10", seed=0, metadata=None):
+def _run(out_dir, epochs, resume=False, items=None, backbone="resnet10", seed=0, metadata=None, groups=True):
     set_determinism(seed=seed)
     method = SimCLR(build_backbone(backbone, widen_factor=0.25), hidden_dim=32, out_dim=16, temperature=0.2)
-    opt = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(method.param_groups(1e-4) if groups else method.parameters(), lr=1e-3)
     loader = ssl_dataloader(Dataset(items if items is not None else _items()), batch_size=4, seed=seed)
     sched = warmup_cosine(opt, total_steps=4 * len(loader), warmup_steps=1)
     from monai.handlers import LrScheduleHandler
@@ -79,6 +79,12 @@ def test_resume_with_another_backbone_fails_before_training(tmp_path):
     _run(tmp_path, epochs=1)
     with pytest.raises(CheckpointError, match="backbone"):
         _run(tmp_path, epochs=2, resume=True, backbone="resnet18")
+
+
+def test_a_checkpoint_with_other_optimiser_groups_is_refused_naming_it(tmp_path):
+    _run(tmp_path, epochs=1, groups=False)  # one group, as the SimCLR bundle's 0.5.0 optimiser had
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt' has an optimiser state that does not fit"):
+        _run(tmp_path, epochs=2, resume=True)
 
 
 def test_resume_with_other_data_or_settings_fails_before_training_naming_them(tmp_path):

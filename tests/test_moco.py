@@ -74,41 +74,14 @@ def test_momentum_schedules():
 
 
 # ------------------------------------------------------------------------------------ queue
-def _sequential_enqueue(queue, ptr, keys):
-    queue = queue.clone()
-    for key in keys:
-        queue[ptr] = key
-        ptr = (ptr + 1) % queue.shape[0]
-    return queue, ptr
-
-
-def test_enqueue_wraps_around_when_the_queue_is_not_a_multiple_of_the_batch():
-    method = _moco(queue_size=5, out_dim=3)
-    method.queue.zero_()
-    expected, ptr = method.queue.clone(), 0
-    keys = torch.arange(1, 31, dtype=torch.float32).view(10, 3)
-    for batch in (keys[:2], keys[2:4], keys[4:6], keys[6:8], keys[:7], keys[7:8]):
-        method.enqueue(batch)
-        expected, ptr = _sequential_enqueue(expected, ptr, batch)
-        assert torch.equal(method.queue, expected) and int(method.queue_ptr) == ptr
-    # by hand, the third batch of two wrapped: rows 4 and 0
-    m2 = _moco(queue_size=5, out_dim=3)
-    m2.queue.zero_()
-    for i in range(3):
-        m2.enqueue(keys[2 * i:2 * i + 2])
-    assert m2.queue.tolist() == [keys[5].tolist(), keys[1].tolist(), keys[2].tolist(), keys[3].tolist(),
-                                 keys[4].tolist()]
-    assert int(m2.queue_ptr) == 1
-
-
 def test_forward_enqueues_the_normalised_keys_after_the_loss_in_training_only():
     torch.manual_seed(0)
     method = _moco(queue_size=7)
     v1, v2 = _views(n=4)
     method.eval()
-    before = method.queue.clone()
+    before = method.memory.keys.clone()
     method([v1, v2])
-    assert torch.equal(method.queue, before) and int(method.queue_ptr) == 0  # evaluation leaves the queue
+    assert torch.equal(method.memory.keys, before) and int(method.memory.ptr) == 0  # evaluation leaves the queue
 
     method.train()
     method.before_step(1, 10)
@@ -117,8 +90,8 @@ def test_forward_enqueues_the_normalised_keys_after_the_loss_in_training_only():
     expected_loss = method.criterion(method.head(method.backbone(v1)), k, before)
     out = method([v1, v2])
     assert torch.allclose(out["loss"], expected_loss)  # the loss saw the queue before this batch
-    assert int(method.queue_ptr) == 4 and torch.allclose(method.queue[:4], k)
-    assert torch.equal(method.queue[4:], before[4:])
+    assert int(method.memory.ptr) == 4 and torch.allclose(method.memory.keys[:4], k)
+    assert torch.equal(method.memory.keys[4:], before[4:])
     out["loss"].backward()  # the enqueue did not disturb what backward needs
 
 
@@ -190,11 +163,11 @@ def _run(out_dir, epochs=3, resume=False, stop_after_epoch=None, precision="auto
 def test_resume_continues_exactly(tmp_path):
     _, straight = _run(tmp_path / "a")
     set_determinism(seed=0)
-    initial = _moco(queue_size=10).queue.clone()  # the queue every run starts from
+    initial = _moco(queue_size=10).memory.keys.clone()  # the queue every run starts from
     _run(tmp_path / "b", stop_after_epoch=1)
     ckpt = read_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert ckpt["method"] == "moco" and ckpt["iteration"] == 3
-    assert int(ckpt["state_dict"]["queue_ptr"]) == 12 % 10
+    assert int(ckpt["state_dict"]["memory.ptr"]) == 12 % 10
     assert any(k.startswith("key_backbone.") for k in ckpt["state_dict"])
     assert any(k.startswith("key_head.") for k in ckpt["state_dict"])
 
@@ -204,15 +177,15 @@ def test_resume_continues_exactly(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
-    assert int(resumed.queue_ptr) == (9 * 4) % 10
-    assert bool(((resumed.queue - initial).abs().sum(dim=1) > 0).all())  # 36 keys overwrote all 10 rows
+    assert int(resumed.memory.ptr) == (9 * 4) % 10
+    assert bool(((resumed.memory.keys - initial).abs().sum(dim=1) > 0).all())  # 36 keys overwrote all 10 rows
     assert not torch.allclose(resumed.key_head[-1].weight, resumed.head[-1].weight)  # EMA lags the query
 
 
 def test_trains_under_bf16_autocast(tmp_path):
     trainer, method = _run(tmp_path, epochs=1, precision="bf16")
-    assert torch.isfinite(trainer.state.output["loss"]) and method.queue.dtype == torch.float32
-    assert torch.allclose(method.queue.norm(dim=1), torch.ones(10), atol=1e-3)
+    assert torch.isfinite(trainer.state.output["loss"]) and method.memory.keys.dtype == torch.float32
+    assert torch.allclose(method.memory.keys.norm(dim=1), torch.ones(10), atol=1e-3)
 
 
 # ----------------------------------------------------------------------------------- errors

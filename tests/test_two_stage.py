@@ -14,8 +14,9 @@ from monai_cxrssl.data.dataset import ssl_dataloader
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.engines import SSLCheckpoint, SSLTrainer, warmup_cosine
 from monai_cxrssl.exceptions import CheckpointError
-from monai_cxrssl.methods import DINO, MICLe, MoCo, SimCLR
+from monai_cxrssl.methods import SimCLR
 from monai_cxrssl.networks import build_backbone, build_classifier
+from small_methods import METHODS, bundles, small
 
 SMALL = {"widen_factor": 0.25}
 
@@ -32,40 +33,32 @@ def _export(path, backbone, **extra):
     return path
 
 
-METHODS = {
-    "simclr": lambda b, w: SimCLR(b, hidden_dim=32, out_dim=16, init_weights=w),
-    "micle": lambda b, w: MICLe(b, hidden_dim=32, out_dim=16, init_weights=w),
-    "moco": lambda b, w: MoCo(b, out_dim=16, queue_size=8, init_weights=w),
-    "dino": lambda b, w: DINO(b, n_local_crops=0, out_dim=32, hidden_dim=16, bottleneck_dim=8, init_weights=w),
-}
-
-
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", METHODS)
 def test_init_weights_set_the_starting_point_of_every_network_the_method_trains(tmp_path, name):
     source = _backbone(seed=1)
     path = _export(tmp_path / "source.pt", source)
-    fresh = METHODS[name](_backbone(seed=2), "")
-    method = METHODS[name](_backbone(seed=2), str(path))
+    fresh = small(name, _backbone(seed=2))
+    method = small(name, _backbone(seed=2), init_weights=str(path))
     want = source.state_dict()
     for k, v in method.backbone.state_dict().items():
         assert torch.equal(v, want[k]), k
     assert any(not torch.equal(v, want[k]) for k, v in fresh.backbone.state_dict().items())  # the file changed it
-    # momentum copies are made after the initialisation: the key encoder / teacher start there too
-    for copy in ("key_backbone", "teacher_backbone"):
-        if hasattr(method, copy):
-            for k, v in getattr(method, copy).state_dict().items():
-                assert torch.equal(v, want[k]), (copy, k)
+    # momentum copies are made after the initialisation: the key encoder / teacher / target start there too
+    for online, target in method.momentum_pairs:
+        if online is method.backbone:
+            for k, v in target.state_dict().items():
+                assert torch.equal(v, want[k]), k
     report = method.init_report
     assert report["source"] == str(path) and report["sha256"] == file_sha256(path)
     assert report["method"] == "simclr" and report["epoch"] == 7
     assert fresh.init_report == {"source": "random"}
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", METHODS)
 def test_a_backbone_of_another_architecture_is_an_error_naming_the_file(tmp_path, name):
     path = _export(tmp_path / "resnet18.pt", _backbone("resnet18"))
     with pytest.raises(CheckpointError, match="resnet18.pt"):
-        METHODS[name](_backbone("resnet10"), str(path))
+        small(name, _backbone("resnet10"), init_weights=str(path))
 
 
 def _pretrain(out_dir, init_weights, seed=0):
@@ -112,7 +105,7 @@ def test_a_file_from_before_the_record_ends_the_chain_as_unknown(tmp_path):
     assert [link["source"] for link in chain] == [str(path), None]
 
 
-@pytest.mark.parametrize("bundle", ["simclr_cxr", "moco_cxr", "dino_cxr", "micle_cxr"])
+@pytest.mark.parametrize("bundle", bundles())
 def test_every_pretraining_bundle_wires_init_weights_into_its_method_and_checkpoint(tmp_path, bundle):
     from monai.bundle import ConfigParser
 

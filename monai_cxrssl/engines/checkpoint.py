@@ -251,7 +251,11 @@ class TrainingCheckpoint:
             self.network.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint '{path}' does not fit this network: {e}") from e
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:  # another number or size of parameter groups
+            raise CheckpointError(f"checkpoint '{path}' has an optimiser state that does not fit this run's "
+                                  f"optimiser (written by another version or optimiser settings?): {e}") from e
         if self.lr_scheduler is not None:
             if ckpt.get("lr_scheduler") is None:
                 raise CheckpointError(f"checkpoint '{path}' has no scheduler state, but this run uses a scheduler")

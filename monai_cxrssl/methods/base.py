@@ -1,9 +1,19 @@
-"""The contract every SSL method fulfils.
+"""The contract every SSL method fulfils, and what methods share.
 
 A method is an ``nn.Module`` that owns its backbone and whatever else it trains or keeps
 (heads, momentum encoders, queues, centres): everything in its ``state_dict`` is saved and
 restored with the checkpoint. The trainer gives it augmented views and steps the optimiser;
-the method turns views into a loss, and may act before and after each optimiser step.
+the method turns views into a loss.
+
+What methods share lives here, so that a method declares its parts and its loss and nothing else:
+
+- **momentum pairs**: :meth:`SSLMethod.add_momentum_pair` makes a frozen EMA copy of one of the method's
+  networks (MoCo's key encoder, DINO's teacher, BYOL's target) and registers the pair; after each optimiser
+  step every pair moves, ``target = m * target + (1 - m) * online``, with ``m`` from
+  :meth:`SSLMethod.momentum_at` (constant, or a cosine from ``start`` to ``end`` over training, set by
+  :meth:`SSLMethod.set_momentum`);
+- **optimiser groups**: :meth:`SSLMethod.param_groups`, the trainable parameters with weight decay on weights
+  and none on biases and 1-D parameters (norm layers), as DINO and BYOL do; momentum copies are never optimised.
 """
 
 from __future__ import annotations
@@ -12,9 +22,12 @@ import torch
 from torch import nn
 
 from monai_cxrssl.networks.backbones import Backbone
+from monai_cxrssl.networks.momentum import cosine_schedule, momentum_copy, update_momentum
 from monai_cxrssl.networks.weights import init_backbone
 
-__all__ = ["SSLMethod"]
+__all__ = ["SSLMethod", "MOMENTUM_SCHEDULES"]
+
+MOMENTUM_SCHEDULES = ("constant", "cosine")
 
 
 class SSLMethod(nn.Module):
@@ -45,16 +58,80 @@ class SSLMethod(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.init_report = init_backbone(backbone, init_weights, strict=init_strict)
+        #: (online, target) attribute names of the momentum pairs, in the order they were made
+        self._momentum_pairs: list[tuple[str, str]] = []
+        self.set_momentum(1.0)
+        self._iteration, self._max_iterations = 0, 0
+
+    # ------------------------------------------------------------------------ momentum pairs
+    def add_momentum_pair(self, online: str, target: str) -> nn.Module:
+        """Make ``self.<target>``, a frozen copy of the submodule ``self.<online>`` that follows it as an EMA
+        after every optimiser step (:meth:`after_step`), and return it::
+
+            self.add_momentum_pair("backbone", "key_backbone")
+        """
+        module = getattr(self, online, None)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"add_momentum_pair: '{online}' is not a submodule of {type(self).__name__}")
+        setattr(self, target, momentum_copy(module))
+        self._momentum_pairs.append((online, target))
+        return getattr(self, target)
+
+    @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """The (online, target) networks that :meth:`after_step` moves."""
+        return [(getattr(self, online), getattr(self, target)) for online, target in self._momentum_pairs]
+
+    def set_momentum(self, start: float, end: float | None = None, schedule: str = "constant") -> None:
+        """The EMA momentum of the pairs: ``start`` throughout (``"constant"``), or a cosine from ``start`` at the
+        first iteration to ``end`` (default 1) after the last (``"cosine"``: BYOL, DINO)."""
+        end = 1.0 if end is None else float(end)
+        if schedule not in MOMENTUM_SCHEDULES:
+            raise ValueError(f"momentum_schedule must be one of {MOMENTUM_SCHEDULES}, got {schedule!r}")
+        if not 0.0 <= float(start) <= 1.0 or not 0.0 <= end <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {start} (start) and {end} (end)")
+        if schedule == "cosine" and float(start) > end:
+            raise ValueError(f"a cosine momentum schedule rises: expected start <= end, got {start} and {end}")
+        self.momentum_start, self.momentum_end, self.momentum_schedule = float(start), end, schedule
+
+    def momentum_at(self, iteration: int, max_iterations: int) -> float:
+        """EMA momentum of the update after (1-based) ``iteration``: ``start`` at the first."""
+        if self.momentum_schedule == "constant":
+            return self.momentum_start
+        return cosine_schedule(iteration - 1, max_iterations, self.momentum_start, self.momentum_end)
+
+    @property
+    def momentum(self) -> float:
+        """The momentum of this iteration's update (logged by the methods that have pairs)."""
+        return self.momentum_at(self._iteration, self._max_iterations) if self._iteration else self.momentum_start
+
+    # ---------------------------------------------------------------------------- the step
+    def before_step(self, iteration: int, max_iterations: int) -> None:
+        """Called before each forward pass with the (1-based) iteration: schedules. Call it when overriding."""
+        self._iteration, self._max_iterations = int(iteration), int(max_iterations)
+
+    @torch.no_grad()
+    def after_step(self, iteration: int, max_iterations: int) -> None:
+        """Called after each optimiser step: every momentum pair moves towards its online network."""
+        m = self.momentum_at(iteration, max_iterations)
+        for online, target in self.momentum_pairs:
+            update_momentum(online, target, m)
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Return at least ``{"loss": scalar}``; other scalars are logged."""
         raise NotImplementedError
 
-    def before_step(self, iteration: int, max_iterations: int) -> None:
-        """Called before each forward pass with the (1-based) iteration: schedules. Default: nothing."""
-
-    def after_step(self, iteration: int, max_iterations: int) -> None:
-        """Called after each optimiser step (momentum updates, schedules). Default: nothing."""
+    # ---------------------------------------------------------------------- optimiser, export
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimiser groups over the trainable parameters (momentum copies are frozen, so never in them):
+        ``decay`` (weights, with ``weight_decay``) and ``no_decay`` (biases and 1-D parameters: norm layers,
+        LayerScale, tokens)."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if name.endswith(".bias") or p.ndim <= 1 else decay).append(p)
+        return [{"params": decay, "weight_decay": float(weight_decay), "name": "decay"},
+                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
 
     def export_backbone(self) -> nn.Module:
         """The network whose weights downstream tasks start from (the teacher, for DINO)."""

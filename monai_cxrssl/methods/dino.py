@@ -11,7 +11,7 @@ exponential moving average of the student, across crops of one radiograph:
   and the student on every pair of different crops; the teacher temperature warms up
   (:meth:`DINO.before_step`);
 - after each optimiser step the teacher follows the student with a momentum that rises on a
-  cosine from 0.996 to 1 over training (:meth:`DINO.after_step`);
+  cosine from 0.996 to 1 over training (the momentum pairs of :class:`~monai_cxrssl.methods.SSLMethod`);
 - downstream tasks start from the **teacher**'s backbone (:meth:`DINO.export_backbone`).
 
 The student, the teacher and the loss's centre are all in the state dict: checkpoints resume
@@ -28,7 +28,6 @@ from monai_cxrssl.losses.dino import DINOLoss
 from monai_cxrssl.methods.base import SSLMethod
 from monai_cxrssl.networks.backbones import Backbone
 from monai_cxrssl.networks.heads import DINOHead
-from monai_cxrssl.networks.momentum import cosine_schedule, momentum_copy, update_momentum
 
 __all__ = ["DINO", "local_crop_size"]
 
@@ -81,36 +80,22 @@ class DINO(SSLMethod):
             raise ValueError(f"n_local_crops must be >= 0, got {n_local_crops}")
         if not 0.0 <= momentum_start <= momentum_end <= 1.0:
             raise ValueError(f"expected 0 <= momentum_start <= momentum_end <= 1, got {momentum_start}, {momentum_end}")
+        self.set_momentum(momentum_start, momentum_end, "cosine")
         self.n_local_crops = int(n_local_crops)
         self.num_views = 2 + self.n_local_crops
         self.head = DINOHead(backbone.out_dim, out_dim, hidden_dim, bottleneck_dim, head_layers,
                              batch_norm=head_batch_norm, norm_last_layer=norm_last_layer)
-        self.teacher_backbone = momentum_copy(backbone)
-        self.teacher_head = momentum_copy(self.head)
+        self.add_momentum_pair("backbone", "teacher_backbone")
+        self.add_momentum_pair("head", "teacher_head")
         self.criterion = DINOLoss(out_dim, self.num_views, student_temp=student_temp, teacher_temp=teacher_temp,
                                   warmup_teacher_temp=warmup_teacher_temp,
                                   warmup_iterations=warmup_teacher_temp_iterations, center_momentum=center_momentum)
-        self.momentum_start = float(momentum_start)
-        self.momentum_end = float(momentum_end)
-        self._momentum = self.momentum_start
 
     # ------------------------------------------------------------------------------ schedules
-    def momentum_at(self, iteration: int, max_iterations: int) -> float:
-        """Teacher EMA momentum applied after the (1-based) ``iteration``: cosine from ``momentum_start``
-        (first iteration) towards ``momentum_end`` (reached after the last one)."""
-        return cosine_schedule(iteration - 1, max_iterations, self.momentum_start, self.momentum_end)
-
     def before_step(self, iteration: int, max_iterations: int) -> None:
-        """Set the teacher temperature (and the momentum to be logged) for this iteration."""
+        """Set the teacher temperature for this iteration."""
+        super().before_step(iteration, max_iterations)
         self.criterion.set_iteration(iteration)
-        self._momentum = self.momentum_at(iteration, max_iterations)
-
-    @torch.no_grad()
-    def after_step(self, iteration: int, max_iterations: int) -> None:
-        """Move the teacher (backbone and head) towards the student."""
-        m = self.momentum_at(iteration, max_iterations)
-        update_momentum(self.backbone, self.teacher_backbone, m)
-        update_momentum(self.head, self.teacher_head, m)
 
     # -------------------------------------------------------------------------------- forward
     @staticmethod
@@ -138,19 +123,8 @@ class DINO(SSLMethod):
         loss = self.criterion(student_out, teacher_out)
         return {"loss": loss,
                 "teacher_temp": torch.tensor(self.criterion.teacher_temp),
-                "momentum": torch.tensor(self._momentum)}
+                "momentum": torch.tensor(self.momentum)}
 
     def export_backbone(self) -> nn.Module:
         """The teacher's backbone: DINO's evaluations (and downstream tasks) use the teacher."""
         return self.teacher_backbone
-
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """Optimiser groups over the student (the teacher is never optimised): weights decay, biases and
-        1-D parameters (norms) do not, as in DINO."""
-        decay, no_decay = [], []
-        for name, p in [*self.backbone.named_parameters(), *self.head.named_parameters()]:
-            if not p.requires_grad:
-                continue
-            (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]

@@ -15,7 +15,7 @@ batches of 16-24), which is the point of MoCo for CXR work. Per step:
 4. after the optimiser step, ``key = m * key + (1 - m) * query`` (parameters only: the key
    encoder's BatchNorm statistics come from its own key batches, see
    :func:`~monai_cxrssl.networks.momentum.update_momentum`), with ``m`` constant (0.999) or on
-   a cosine ramp to 1 over training.
+   a cosine ramp to 1 over training: the momentum pairs of :class:`~monai_cxrssl.methods.SSLMethod`.
 
 **Shuffle-BN.** With BatchNorm, a key computed over the same batch composition as its query
 can cheat: the batch statistics leak which samples belong together, and the loss falls
@@ -32,9 +32,9 @@ chunks depend only on the global batch, the permutation and ``world_size x key_s
 2B and ``key_splits=2``. :func:`shuffle_chunks`, :func:`encode_shuffled` and :func:`unshuffle`
 are the pure parts, testable in one process by simulating ranks.
 
-The queue (``(K, D)`` normalised keys), its pointer and the key encoder are buffers and
-submodules, so checkpoints save and resume them. Under ``DistributedDataParallel`` every
-process enqueues the same gathered keys, so the queues stay equal.
+The queue is a :class:`~monai_cxrssl.networks.MemoryBank` (``(K, D)`` normalised keys and a pointer, as
+buffers) and the key encoder a submodule, so checkpoints save and resume them. Under
+``DistributedDataParallel`` every process enqueues the same gathered keys, so the queues stay equal.
 """
 
 from __future__ import annotations
@@ -50,11 +50,10 @@ from monai_cxrssl.losses.infonce import InfoNCELoss
 from monai_cxrssl.methods.base import SSLMethod
 from monai_cxrssl.networks.backbones import Backbone
 from monai_cxrssl.networks.heads import ProjectionHead
-from monai_cxrssl.networks.momentum import cosine_schedule, momentum_copy, update_momentum
+from monai_cxrssl.networks.memory_bank import MemoryBank
 
 __all__ = ["MoCo", "queue_size_for", "shuffle_permutation", "shuffle_chunks", "encode_shuffled", "unshuffle"]
 
-MOMENTUM_SCHEDULES = ("constant", "cosine")
 #: separates the shuffle's random stream from the views' ((seed, rank, iteration) in the trainer)
 _SHUFFLE_STREAM = 0x5348_4246  # "SHBF"
 
@@ -183,41 +182,20 @@ class MoCo(SSLMethod):
             raise ValueError(f"queue_size must be >= 1 (the number of negative keys kept), got {queue_size}")
         if not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"momentum must be in [0, 1] (MoCo: 0.999), got {momentum}")
-        if momentum_schedule not in MOMENTUM_SCHEDULES:
-            raise ValueError(f"momentum_schedule must be one of {MOMENTUM_SCHEDULES}, got {momentum_schedule!r}")
         if int(key_splits) < 1:
             raise ValueError(f"key_splits must be >= 1 (chunks per process for shuffle-BN), got {key_splits}")
         if int(out_dim) < 1:
             raise ValueError(f"out_dim must be >= 1, got {out_dim}")
+        self.set_momentum(momentum, 1.0, momentum_schedule)
         hidden_dim = backbone.out_dim if hidden_dim is None else int(hidden_dim)
         self.head = ProjectionHead(backbone.out_dim, hidden_dim, int(out_dim), num_layers=2,
                                    batch_norm=bool(head_batch_norm))
-        self.key_backbone = momentum_copy(backbone)
-        self.key_head = momentum_copy(self.head)
+        self.add_momentum_pair("backbone", "key_backbone")
+        self.add_momentum_pair("head", "key_head")
         self.criterion = InfoNCELoss(temperature)
-        self.base_momentum = float(momentum)
-        self.momentum_schedule = momentum_schedule
         self.key_splits = int(key_splits)
         self.seed = int(seed)
-        self.register_buffer("queue", F.normalize(torch.randn(int(queue_size), int(out_dim)), dim=1))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self._iteration = 0
-        self._max_iterations = 0
-
-    # ---------------------------------------------------------------------------- schedule
-    def momentum_at(self, iteration: int, max_iterations: int) -> float:
-        """EMA momentum of the update after (1-based) ``iteration``: ``momentum`` at the first."""
-        if self.momentum_schedule == "constant":
-            return self.base_momentum
-        return cosine_schedule(iteration - 1, max_iterations, self.base_momentum, 1.0)
-
-    def before_step(self, iteration: int, max_iterations: int) -> None:
-        self._iteration, self._max_iterations = int(iteration), int(max_iterations)
-
-    def after_step(self, iteration: int, max_iterations: int) -> None:
-        m = self.momentum_at(iteration, max_iterations)
-        update_momentum(self.backbone, self.key_backbone, m)
-        update_momentum(self.head, self.key_head, m)
+        self.memory = MemoryBank(int(queue_size), int(out_dim))
 
     # ------------------------------------------------------------------------------- keys
     def _key_encoder(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,21 +212,6 @@ class MoCo(SSLMethod):
         b = x.shape[0]
         return k_all[rank * b:(rank + 1) * b], k_all
 
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Write normalised ``keys`` (N, D) into the queue at its pointer, wrapping around; advance it.
-
-        The same as writing them one by one: when ``N`` exceeds the queue size, only the last
-        ``K`` keys remain.
-        """
-        size, n = self.queue.shape[0], keys.shape[0]
-        ptr = int(self.queue_ptr)
-        if n > size:
-            ptr, keys = (ptr + n - size) % size, keys[n - size:]
-        idx = (ptr + torch.arange(keys.shape[0], device=self.queue.device)) % size
-        self.queue.index_copy_(0, idx, keys.to(self.queue))
-        self.queue_ptr.fill_((ptr + keys.shape[0]) % size)
-
     # ------------------------------------------------------------------------------ forward
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if len(views) != 2:
@@ -257,8 +220,7 @@ class MoCo(SSLMethod):
         q = self.head(self.backbone(v1))
         k, k_all = self.encode_keys(v2)
         # a copy: the loss keeps the queue for backward, and the enqueue below writes into it
-        loss = self.criterion(q, k, self.queue.clone())
+        loss = self.criterion(q, k, self.memory.keys.clone())
         if self.training:
-            self.enqueue(k_all)
-        m = self.momentum_at(self._iteration, self._max_iterations) if self._iteration else self.base_momentum
-        return {"loss": loss, "momentum": torch.tensor(m, device=loss.device)}
+            self.memory.enqueue(k_all)
+        return {"loss": loss, "momentum": torch.tensor(self.momentum, device=loss.device)}
