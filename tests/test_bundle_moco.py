@@ -47,7 +47,7 @@ def test_demo_run_checkpoints_queue_and_key_encoder_and_resumes(tmp_path):
     ckpt2 = read_checkpoint(out / "checkpoint.pt")
     assert ckpt2["epoch"] == 2 and ckpt2["iteration"] == 2 * ckpt["iteration"]
     assert int(ckpt2["state_dict"]["memory.ptr"]) == (ckpt2["iteration"] * 8) % 20
-    for k in ("queue", "key_head.0.weight", "backbone.net.conv1.weight"):
+    for k in ("memory.keys", "key_head.0.weight", "backbone.net.conv1.weight"):
         assert not torch.equal(ckpt["state_dict"][k], ckpt2["state_dict"][k]), k
 
 
