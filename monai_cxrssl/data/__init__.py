@@ -13,7 +13,6 @@ _EXPORTS = {
                  "datalist_from_dicom_folder", "datalist_from_image_folder", "kermany_patient_id", "load_datalist", "write_datalist"],
     "dataset": ["CXRCacheDataset", "inference_items", "resolve_datalist", "ssl_dataloader", "training_items"],
     "classification": ["ClassificationData"],
-    "features": ["FeatureDataset", "probe_inputs"],
     "io": ["read_cxr", "read_dicom_header"],
     "multi_instance": ["MultiInstanceBatchSampler", "MultiInstancePairs", "group_ids", "multi_instance_dataloader"],
     "phantoms": ["make_phantom", "write_demo_dataset"],
@@ -21,7 +20,7 @@ _EXPORTS = {
     "splits": ["format_leakage_report", "label_fraction", "leakage_report", "patient_split"],
     "targets": ["CXRTargetd", "check_targets", "positive_weights", "target_vector"],
     "transforms": ["LoadCXR", "LoadCXRd", "NormalizeCXR", "NormalizeCXRd", "ResizeCXR", "ResizeCXRd"],
-    "views": ["CXRViewAugment", "RandCXRView", "RandCXRViewd"],
+    "views": ["CXRViewAugment", "PIXEL_MEAN", "PIXEL_STD", "RandCXRView", "RandCXRViewd"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -28,7 +28,11 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 
-__all__ = ["CXRViewAugment", "RandCXRView", "RandCXRViewd"]
+__all__ = ["CXRViewAugment", "RandCXRView", "RandCXRViewd", "PIXEL_MEAN", "PIXEL_STD"]
+
+#: The network input's normalisation, ``(x - PIXEL_MEAN) / PIXEL_STD`` of an image in [0, 1]: every view, every
+#: classifier batch and every embedding pass uses these (imported ImageNet weights included, see ``networks``).
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
 
 class CXRViewAugment:
@@ -67,8 +71,8 @@ class CXRViewAugment:
         blur_sigma: Sequence[float] = (0.001, 0.01),
         noise_prob: float = 0.5,
         noise_std: float = 0.03,
-        mean: float = 0.5,
-        std: float = 0.25,
+        mean: float = PIXEL_MEAN,
+        std: float = PIXEL_STD,
     ):
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")

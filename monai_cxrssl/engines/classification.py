@@ -24,7 +24,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_cxrssl.checkpoints import BACKBONE_EXPORT, atomic_save, read_checkpoint
-from monai_cxrssl.data.views import CXRViewAugment
+from monai_cxrssl.data.views import PIXEL_MEAN, PIXEL_STD, CXRViewAugment
 from monai_cxrssl.exceptions import CheckpointError, NonFiniteLossError
 from monai_cxrssl.utils import atomic_write
 
@@ -41,13 +41,14 @@ class ClassificationBatch:
     Args:
         augment: augmentation applied to the whole batch on the device (it also normalises), or
             ``None`` for evaluation: then images are only normalised.
-        mean, std: normalisation when ``augment`` is ``None`` (the same as the SSL views').
+        mean, std: normalisation when ``augment`` is ``None`` (:data:`~monai_cxrssl.data.views.PIXEL_MEAN`,
+            ``PIXEL_STD``: the SSL views' own).
         image_key, target_key: batch keys; a batch without ``target_key`` gives ``None`` targets.
         seed: seed of the augmentation; each call draws from ``(seed, call number)``, and the call
             counter is part of :meth:`state_dict` so that a resumed run continues the sequence.
     """
 
-    def __init__(self, augment: CXRViewAugment | None = None, mean: float = 0.5, std: float = 0.25,
+    def __init__(self, augment: CXRViewAugment | None = None, mean: float = PIXEL_MEAN, std: float = PIXEL_STD,
                  image_key: str = "image", target_key: str = "target", seed: int = 0):
         self.augment = augment
         self.mean, self.std = float(mean), float(std)

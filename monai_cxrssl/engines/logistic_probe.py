@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from monai_cxrssl.engines.features import FeatureDataset
 from monai_cxrssl.exceptions import CXRSSLError
 
 __all__ = ["LogisticProbe", "DEFAULT_CS"]
@@ -46,7 +47,7 @@ class LogisticProbe:
     Args:
         network: a :class:`~monai_cxrssl.networks.CXRClassifier` in ``linear`` mode.
         train_data, val_data: the labelled entries: datasets of dicts with ``image`` (precomputed
-            features ``(D,)``, e.g. a :class:`~monai_cxrssl.data.FeatureDataset`, or preprocessed images,
+            features ``(D,)``, e.g. a :class:`~monai_cxrssl.engines.FeatureDataset`, or preprocessed images,
             whose features are computed once here), ``target`` and ``patient_id``; ``val_data`` may be
             empty or ``None``.
         task: ``binary``, ``multiclass`` or ``multilabel``.
@@ -57,7 +58,7 @@ class LogisticProbe:
         fallback_C: ``C`` when no cross-validation is possible.
         max_iter: L-BFGS iterations; a fit that does not converge within them is an error.
         seed: seed of the fold assignment.
-        inferer: runs the feature pass over images (see :class:`~monai_cxrssl.data.FeatureDataset`).
+        inferer: runs the feature pass over images (see :class:`~monai_cxrssl.engines.FeatureDataset`).
     """
 
     def __init__(self, network, train_data, val_data=None, task: str = "binary", best=None,
@@ -72,8 +73,6 @@ class LogisticProbe:
 
     # ---- data ----------------------------------------------------------------------------------
     def _features(self, dataset):
-        from monai_cxrssl.data.features import FeatureDataset
-
         if dataset is None or len(dataset) == 0:
             return []
         if isinstance(dataset, FeatureDataset):

@@ -1,4 +1,4 @@
-"""Precomputed backbone features for linear probing.
+"""Precomputed backbone features for linear probing (an engine step: it runs the classifier's network).
 
 A frozen backbone gives the same features every epoch (no augmentation in a linear probe), so
 they are computed once; training the linear head on them takes seconds instead of a forward
@@ -10,7 +10,11 @@ from __future__ import annotations
 import logging
 
 import torch
+from monai.data import list_data_collate
 from torch.utils.data import DataLoader, Dataset
+
+from monai_cxrssl.engines.classification import ClassificationBatch
+from monai_cxrssl.utils import as_bool
 
 __all__ = ["FeatureDataset", "probe_inputs"]
 
@@ -32,10 +36,6 @@ class FeatureDataset(Dataset):
 
     def __init__(self, dataset, network, prepare_batch=None, batch_size: int = 64, device=None,
                  image_key: str = "image", inferer=None, progress: bool = False):
-        from monai.data import list_data_collate
-
-        from monai_cxrssl.engines.classification import ClassificationBatch
-
         prepare_batch = prepare_batch or ClassificationBatch()
         device = device or next(network.parameters()).device
         was_training = network.training
@@ -75,8 +75,6 @@ def probe_inputs(dataset, network, fit_standardisation: bool = False, enabled: b
     else ``dataset`` itself. With ``fit_standardisation`` (the training set), the classifier's feature
     standardisation is fitted on these features. ``inferer`` runs the feature pass and ``progress`` shows its
     bar (see :class:`FeatureDataset`)."""
-    from monai_cxrssl.utils import as_bool
-
     if network.mode != "linear" or not as_bool(enabled, "cache_features"):
         return dataset
     feats = FeatureDataset(dataset, network, batch_size=batch_size, inferer=inferer,
