@@ -13,7 +13,7 @@ _EXPORTS = {
                  "datalist_from_dicom_folder", "datalist_from_image_folder", "kermany_patient_id", "load_datalist", "write_datalist"],
     "dataset": ["CXRCacheDataset", "inference_items", "resolve_datalist", "ssl_dataloader", "training_items"],
     "classification": ["ClassificationData"],
-    "io": ["read_cxr", "read_dicom_header"],
+    "io": ["parse_dicom", "read_cxr", "read_dicom_header"],
     "multi_instance": ["MultiInstanceBatchSampler", "MultiInstancePairs", "group_ids", "multi_instance_dataloader"],
     "phantoms": ["make_phantom", "write_demo_dataset"],
     "shift": ["resolve_label_map", "shifted_test_items"],

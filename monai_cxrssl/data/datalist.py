@@ -42,12 +42,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_cxrssl.exceptions import DatalistError
+from monai_cxrssl.exceptions import CXRReadError, DatalistError
 from monai_cxrssl.utils import atomic_write
 
 __all__ = [
     "SPLIT_KEYS",
     "TASKS",
+    "LABELLED_TASKS",
     "DEFAULT_SPLIT_NAMES",
     "IMAGE_EXTENSIONS",
     "kermany_patient_id",
@@ -66,8 +67,10 @@ logger = logging.getLogger(__name__)
 #: The datalist keys holding lists of entries, in their canonical order.
 SPLIT_KEYS: tuple[str, ...] = ("training", "validation", "test")
 
-#: Values of the top-level ``task`` field.
-TASKS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "unlabeled")
+#: The tasks a classifier trains on (``monai_cxrssl.data.targets.TASKS``).
+LABELLED_TASKS: tuple[str, ...] = ("binary", "multiclass", "multilabel")
+#: Values of the top-level ``task`` field: a labelled task, or none.
+TASKS: tuple[str, ...] = (*LABELLED_TASKS, "unlabeled")
 
 #: Folder names / CSV split values (compared case-insensitively) -> datalist key.
 DEFAULT_SPLIT_NAMES: Mapping[str, str] = {
@@ -565,7 +568,7 @@ def _read_dicom_header(path: Path):
     files (except known non-DICOM endings) are probed with ``force=True`` and taken when the
     header has an image (``Rows``, or ``PixelData``).
     """
-    import pydicom  # local: keeps `import monai_cxrssl.data.datalist` light
+    from monai_cxrssl.data.io import parse_dicom  # local: keeps `import monai_cxrssl.data.datalist` light
 
     claimed = _looks_like_dicom(path)
     if not claimed and (path.name.lower().endswith(_NOT_DICOM_EXTENSIONS) or path.name.upper() == "DICOMDIR"):
@@ -573,10 +576,10 @@ def _read_dicom_header(path: Path):
     try:
         with warnings.catch_warnings():  # probing non-DICOM files makes pydicom warn about garbage tags
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-    except Exception as e:  # pydicom raises many kinds of errors on garbage
+            ds = parse_dicom(path, stop_before_pixels=True)
+    except CXRReadError as e:
         if claimed:
-            raise DatalistError(f"cannot read the DICOM header of '{path}': {type(e).__name__}: {e}") from e
+            raise DatalistError(f"cannot read the DICOM header of '{path}': {e.reason}") from e
         return None
     has_image = "Rows" in ds or "PixelData" in ds
     if claimed and not has_image:
@@ -626,8 +629,8 @@ def datalist_from_image_folder(root: str | os.PathLike, *, extensions: Iterable[
 def datalist_from_dicom_folder(root: str | os.PathLike, *, recursive: bool = True) -> dict:
     """Datalist of the DICOM images in a folder (unlabeled, all in ``"training"``).
 
-    A file is taken when its header (read with ``pydicom.dcmread(force=True,
-    stop_before_pixels=True)``) has an image: ``.dcm`` files and files with the ``DICM`` marker,
+    A file is taken when its header (read by :func:`monai_cxrssl.data.io.parse_dicom`, without the
+    pixels) has an image: ``.dcm`` files and files with the ``DICM`` marker,
     and also files without a meta header and without the ``.dcm`` ending. Hidden files and
     ``DICOMDIR`` are skipped.
 

@@ -52,7 +52,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from monai_cxrssl.exceptions import CXRReadError
 
-__all__ = ["CXRReader", "DICOM_HEADER_KEYWORDS", "READERS", "read_cxr", "read_dicom_header"]
+__all__ = ["CXRReader", "DICOM_HEADER_KEYWORDS", "READERS", "parse_dicom", "read_cxr", "read_dicom_header"]
 
 logger = logging.getLogger(__name__)
 
@@ -266,12 +266,22 @@ def _rgb_to_grey(rgb: np.ndarray, full_scale: float, path: Path, *, colour: str)
 # DICOM
 
 
+def parse_dicom(path: str | os.PathLike, *, stop_before_pixels: bool = True) -> Dataset:
+    """The one place a DICOM file is parsed (``pydicom.dcmread`` with ``force=True``: files without preamble or
+    file meta header work); what :func:`read_cxr`, :func:`read_dicom_header` and the datalist builders read.
+
+    Raises:
+        CXRReadError: pydicom cannot parse the file (its error named).
+    """
+    try:
+        return pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+    except Exception as err:  # pydicom raises many kinds of errors on garbage
+        raise CXRReadError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
+
+
 def _read_dicom_dataset(path: Path, stop_before_pixels: bool) -> Dataset:
     """Parse with ``force=True``, check it is an image, and give it a transfer syntax if it has none."""
-    try:
-        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
-    except Exception as err:
-        raise CXRReadError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
+    ds = parse_dicom(path, stop_before_pixels=stop_before_pixels)
     if len(ds) == 0:  # pydicom gives up on e.g. a truncated encapsulated Pixel Data with only a warning
         marker = "has the DICM marker but " if getattr(ds, "preamble", None) is not None else ""
         raise CXRReadError(path, f"file {marker}has no parsable DICOM data element: truncated, corrupt or not DICOM")

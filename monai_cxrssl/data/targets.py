@@ -21,12 +21,12 @@ import torch
 
 from monai.transforms import MapTransform
 
+from monai_cxrssl.data.datalist import LABELLED_TASKS as TASKS
 from monai_cxrssl.exceptions import DatalistError
 
 __all__ = ["TASKS", "UNCERTAIN_POLICIES", "target_vector", "check_targets", "infer_task", "CXRTargetd",
            "positive_weights"]
 
-TASKS = ("binary", "multiclass", "multilabel")
 UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
 
 
