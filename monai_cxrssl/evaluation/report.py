@@ -17,7 +17,10 @@ from monai_cxrssl.evaluation.metrics import probabilities
 from monai_cxrssl.evaluation.stats import bootstrap_auc_ci, sensitivity_specificity
 from monai_cxrssl.utils import atomic_write
 
-__all__ = ["PredictionReport", "output_names", "read_predictions"]
+__all__ = ["PredictionReport", "output_names", "read_predictions", "PREDICTIONS_CSV", "METRICS_JSON"]
+
+#: the files :class:`PredictionReport` writes in its ``output_dir``
+PREDICTIONS_CSV, METRICS_JSON = "predictions.csv", "metrics.json"
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +134,7 @@ class PredictionReport(RunCollector):
         names = output_names(self.task, self.classes, probs.shape[1])
         targets = np.concatenate(self._targets) if len(self._targets) == len(self._probs) and self._targets else None
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.output_dir / "predictions.csv", "w", encoding="utf-8") as f:
+        with atomic_write(self.output_dir / PREDICTIONS_CSV, "w", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["image", "patient_id"] + [f"prob_{n}" for n in names]
                        + ([f"target_{n}" for n in names] if targets is not None else []))
@@ -140,15 +143,15 @@ class PredictionReport(RunCollector):
                 if targets is not None:
                     row += ["" if np.isnan(t) else int(t) for t in targets[i]]
                 w.writerow(row)
-        logger.info("wrote %d predictions to %s", probs.shape[0], self.output_dir / "predictions.csv")
+        logger.info("wrote %d predictions to %s", probs.shape[0], self.output_dir / PREDICTIONS_CSV)
         if targets is None or not self.with_metrics:
             return None
         self.metrics = self.compute(probs, targets, names)
-        with atomic_write(self.output_dir / "metrics.json", "w", encoding="utf-8") as f:
+        with atomic_write(self.output_dir / METRICS_JSON, "w", encoding="utf-8") as f:
             json.dump(self.metrics, f, indent=1)
         logger.info("AUC %.4f (%d%% CI %.4f-%.4f, %s-level bootstrap, %d resamples); metrics in %s",
                     self.metrics["auc"], round(100 * self.confidence), self.metrics["ci_low"], self.metrics["ci_high"],
-                    self.metrics["resampling"], self.n_resamples, self.output_dir / "metrics.json")
+                    self.metrics["resampling"], self.n_resamples, self.output_dir / METRICS_JSON)
         return self.metrics
 
     def compute(self, probs: np.ndarray, targets: np.ndarray, names: list[str]) -> dict:

@@ -143,6 +143,8 @@ __all__ = [
     "StudyError",
     "RunSpec",
     "DEFAULT_BUNDLE_DIR",
+    "BUNDLE_SETTINGS",
+    "RUN_FILES",
     "run_study",
     "study_statistics",
     "format_table",
@@ -173,6 +175,14 @@ CONTROLLED = {
     "demo_dir": "--allow-demo", "progress": None, "resume": None, "n_resamples": "--eval-resamples",
     "model_path": None, "eval_dir": None, "linear_solver": "--linear-solver",
 }
+#: The classifier bundle's side of the contract the study relies on (``tests/test_label_efficiency.py`` checks it
+#: against the bundle's ``train.json`` and ``evaluate.json``): every setting a run is given, and the files a finished
+#: run leaves, relative to its ``output_dir``.
+BUNDLE_SETTINGS = ("bundle_root", "output_dir", "init_weights", "mode", "label_fraction", "seed", "epochs",
+                   "learning_rate", "backbone", "image_size", "batch_size", "progress", "resume", "dataset_dir",
+                   "datalist", "linear_solver", "demo_dir", "n_resamples")
+RUN_FILES = {"metrics": "eval/metrics.json", "predictions": "eval/predictions.csv",
+             "model_info": "models/model_info.json"}
 _INIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
 
 
@@ -957,6 +967,7 @@ def run_study(
             bundle_overrides["linear_solver"] = s["linear_solver"]
         if demo:
             bundle_overrides["demo_dir"] = source["demo_dir"]
+        assert set(bundle_overrides) - set(extra) <= set(BUNDLE_SETTINGS), "the study's bundle contract is stale"
         t0 = time.monotonic()
         try:
             with _run_log(run_dir / "log.txt"):
@@ -969,8 +980,8 @@ def run_study(
             raise
         wall = time.monotonic() - t0
         walls.append(wall)
-        metrics = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
-        info_path = run_dir / "models" / "model_info.json"
+        metrics = json.loads((run_dir / RUN_FILES["metrics"]).read_text(encoding="utf-8"))
+        info_path = run_dir / RUN_FILES["model_info"]
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
         record = {"name": spec.name, "settings": s, "wall_time_s": round(wall, 3), "train_time_s": round(t_train, 3),
                   "test_auc": metrics.get("auc"), "test_ci_low": metrics.get("ci_low"),
@@ -988,7 +999,7 @@ def run_study(
 
     # ---- statistics and report -------------------------------------------------------------------
     _say(f"statistics: {n_resamples} shared bootstrap resamples over {n} run(s)")
-    stats = study_statistics({spec: runs_dir / spec.name / "eval" / "predictions.csv" for spec in specs},
+    stats = study_statistics({spec: runs_dir / spec.name / RUN_FILES["predictions"] for spec in specs},
                              n_resamples=n_resamples, confidence=confidence, seed=bootstrap_seed,
                              min_test_positives=min_test_positives)
     if demo:
