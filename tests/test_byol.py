@@ -3,15 +3,10 @@ target following on a cosine momentum, the online backbone exported."""
 
 import pytest
 import torch
-from ignite.engine import Events
-from monai.data import Dataset
-from monai.handlers import LrScheduleHandler
-from monai.utils import set_determinism
+from small_runs import assert_same_state, run_small
 
 from monai_cxrssl.checkpoints import read_checkpoint
-from monai_cxrssl.data.dataset import ssl_dataloader
 from monai_cxrssl.data.views import CXRViewAugment
-from monai_cxrssl.engines import SSLCheckpoint, SSLTrainer, warmup_cosine
 from monai_cxrssl.methods import BYOL
 from monai_cxrssl.networks import build_backbone
 
@@ -58,22 +53,8 @@ def test_the_target_follows_the_online_network_on_a_cosine_to_one():
     assert not any(p is q for p in method.target_projector.parameters() for g in opt.param_groups for q in g["params"])
 
 
-def _run(out_dir, epochs=3, resume=False, stop_after_epoch=None):
-    set_determinism(seed=0)
-    method = _byol(momentum=0.9)
-    opt = torch.optim.AdamW(method.param_groups(1e-5), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    loader = ssl_dataloader(Dataset([{"image": torch.rand(1, 32, 32, generator=g)} for _ in range(12)]), batch_size=4,
-                            seed=0)
-    sched = warmup_cosine(opt, total_steps=epochs * len(loader), warmup_steps=1)
-    handlers = [LrScheduleHandler(sched, epoch_level=False, print_lr=False),
-                SSLCheckpoint(out_dir, method, opt, sched, resume=resume)]
-    trainer = SSLTrainer("cpu", epochs, loader, method, opt, CXRViewAugment(out_size=32), seed=0, precision="auto",
-                         handlers=handlers)
-    if stop_after_epoch is not None:  # an interruption: the run was meant to go on
-        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after_epoch), lambda e: e.terminate())
-    trainer.run()
-    return trainer, method
+def _run(out_dir, **kw):
+    return run_small(lambda: _byol(momentum=0.9), out_dir, CXRViewAugment(out_size=32), **kw)
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
@@ -84,10 +65,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert any(k.startswith("target_projector.") for k in ckpt["state_dict"])  # the target is in the checkpoint
     trainer, resumed = _run(tmp_path / "b", resume=True)
     assert trainer.state.iteration == 9
-    a, b = straight.state_dict(), resumed.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    assert_same_state(straight, resumed)
     assert not torch.allclose(resumed.target_projector[0].weight, resumed.projector[0].weight)  # the target lags
 
 

@@ -6,15 +6,11 @@ import math
 
 import pytest
 import torch
-from ignite.engine import Events
-from monai.data import Dataset
-from monai.handlers import LrScheduleHandler
-from monai.utils import set_determinism
+
+from small_runs import assert_same_state, run_small
 
 from monai_cxrssl.checkpoints import load_backbone_weights, read_checkpoint
-from monai_cxrssl.data.dataset import ssl_dataloader
 from monai_cxrssl.data.views import CXRViewAugment
-from monai_cxrssl.engines import SSLCheckpoint, SSLTrainer, warmup_cosine
 from monai_cxrssl.losses import DINOLoss
 from monai_cxrssl.methods import DINO
 from monai_cxrssl.networks import DINOHead, build_backbone
@@ -213,26 +209,11 @@ def test_init_weights_load_student_and_teacher(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ resumption
-def _items(n=8, size=32):
-    g = torch.Generator().manual_seed(0)
-    return [{"image": torch.rand(1, size, size, generator=g)} for _ in range(n)]
-
-
-def _run(out_dir, epochs=2, resume=False, stop_after_epoch=None):
+def _run(out_dir, epochs=2, **kw):
     """2 epochs of 2 iterations; ``stop_after_epoch`` interrupts the run there (same schedules as the full run)."""
-    set_determinism(seed=0)
-    method = _dino(warmup_teacher_temp_iterations=3)
-    opt = torch.optim.AdamW(method.param_groups(0.04), lr=1e-3)
-    loader = ssl_dataloader(Dataset(_items()), batch_size=4, seed=0)
-    sched = warmup_cosine(opt, total_steps=epochs * len(loader), warmup_steps=1)
-    handlers = [LrScheduleHandler(sched, epoch_level=False, print_lr=False),
-                SSLCheckpoint(out_dir, method, opt, sched, resume=resume)]
     views = [CXRViewAugment(32, scale=(0.4, 1.0))] * 2 + [CXRViewAugment(16, scale=(0.05, 0.4))] * 2
-    trainer = SSLTrainer("cpu", epochs, loader, method, opt, views, seed=0, precision="auto", handlers=handlers)
-    if stop_after_epoch:
-        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after_epoch), lambda e: e.terminate())
-    trainer.run()
-    return trainer, method
+    return run_small(lambda: _dino(warmup_teacher_temp_iterations=3), out_dir, views, images=8, epochs=epochs,
+                     weight_decay=0.04, **kw)
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -246,10 +227,7 @@ def test_resume_continues_exactly(tmp_path):
     assert "criterion.center" in ckpt["state_dict"]
     trainer, resumed = _run(tmp_path / "b", resume=True)
     assert trainer.state.iteration == 4
-    a, b = straight.state_dict(), resumed.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    assert_same_state(straight, resumed)
     assert torch.count_nonzero(resumed.criterion.center) > 0
     assert not torch.allclose(resumed.teacher_head.mlp[0].weight, resumed.head.mlp[0].weight)  # an EMA, not a copy
     # the exported backbone is the teacher's

@@ -4,15 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from ignite.engine import Events
-from monai.data import Dataset
-from monai.handlers import LrScheduleHandler
 from monai.utils import set_determinism
 
+from small_runs import assert_same_state, run_small
+
 from monai_cxrssl.checkpoints import read_checkpoint
-from monai_cxrssl.data.dataset import ssl_dataloader
 from monai_cxrssl.data.views import CXRViewAugment
-from monai_cxrssl.engines import SSLCheckpoint, SSLTrainer, warmup_cosine
 from monai_cxrssl.methods import MoCo
 from monai_cxrssl.methods.moco import encode_shuffled, shuffle_chunks, shuffle_permutation, unshuffle
 from monai_cxrssl.networks import build_backbone
@@ -139,25 +136,9 @@ def test_chunks_of_one_image_are_refused():
 
 
 # --------------------------------------------------------------------------------- training
-def _items(n=12, size=32):
-    g = torch.Generator().manual_seed(0)
-    return [{"image": torch.rand(1, size, size, generator=g)} for _ in range(n)]
-
-
-def _run(out_dir, epochs=3, resume=False, stop_after_epoch=None, precision="auto"):
-    set_determinism(seed=0)
-    method = _moco(queue_size=10, momentum=0.99, momentum_schedule="cosine", key_splits=2)
-    opt = torch.optim.AdamW(method.parameters(), lr=1e-3)
-    loader = ssl_dataloader(Dataset(_items()), batch_size=4, seed=0)
-    sched = warmup_cosine(opt, total_steps=epochs * len(loader), warmup_steps=1)
-    handlers = [LrScheduleHandler(sched, epoch_level=False, print_lr=False),
-                SSLCheckpoint(out_dir, method, opt, sched, resume=resume)]
-    trainer = SSLTrainer("cpu", epochs, loader, method, opt, CXRViewAugment(out_size=32, blur_prob=0.0),
-                         seed=0, precision=precision, handlers=handlers)
-    if stop_after_epoch is not None:  # an interruption: the run was meant to go on
-        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after_epoch), lambda e: e.terminate())
-    trainer.run()
-    return trainer, method
+def _run(out_dir, **kw):
+    return run_small(lambda: _moco(queue_size=10, momentum=0.99, momentum_schedule="cosine", key_splits=2), out_dir,
+                     CXRViewAugment(out_size=32, blur_prob=0.0), weight_decay=0.0, **kw)
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -173,10 +154,7 @@ def test_resume_continues_exactly(tmp_path):
 
     trainer, resumed = _run(tmp_path / "b", resume=True)
     assert trainer.state.epoch == 3 and trainer.state.iteration == 9
-    a, b = straight.state_dict(), resumed.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    assert_same_state(straight, resumed)
     assert int(resumed.memory.ptr) == (9 * 4) % 10
     assert bool(((resumed.memory.keys - initial).abs().sum(dim=1) > 0).all())  # 36 keys overwrote all 10 rows
     assert not torch.allclose(resumed.key_head[-1].weight, resumed.head[-1].weight)  # EMA lags the query
