@@ -306,11 +306,6 @@ def _register_export(subparsers) -> None:
     p.set_defaults(func=_cmd_export)
 
 
-# ---------------------------------------------------------------------------------------------
-# entry point
-# ---------------------------------------------------------------------------------------------
-
-#: Functions ``register(subparsers)`` adding one command each, or ``"module:function"`` strings.
 def _cmd_large_files(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -337,6 +332,11 @@ def _register_large_files(subparsers) -> None:
     p.set_defaults(func=_cmd_large_files)
 
 
+# ---------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------
+
+#: Functions ``register(subparsers)`` adding one command each, or ``"module:function"`` strings.
 REGISTRARS: list[Registrar | str] = [_register_datalist, _register_split, _register_leakage, _register_export,
                                      _register_rankme, _register_large_files]
 
