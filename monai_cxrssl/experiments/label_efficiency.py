@@ -143,7 +143,6 @@ __all__ = [
     "StudyError",
     "RunSpec",
     "DEFAULT_BUNDLE_DIR",
-    "BUNDLE_SETTINGS",
     "RUN_FILES",
     "run_study",
     "study_statistics",
@@ -176,11 +175,8 @@ CONTROLLED = {
     "model_path": None, "eval_dir": None, "linear_solver": "--linear-solver",
 }
 #: The classifier bundle's side of the contract the study relies on (``tests/test_label_efficiency.py`` checks it
-#: against the bundle's ``train.json`` and ``evaluate.json``): every setting a run is given, and the files a finished
-#: run leaves, relative to its ``output_dir``.
-BUNDLE_SETTINGS = ("bundle_root", "output_dir", "init_weights", "mode", "label_fraction", "seed", "epochs",
-                   "learning_rate", "backbone", "image_size", "batch_size", "progress", "resume", "dataset_dir",
-                   "datalist", "linear_solver", "demo_dir", "n_resamples")
+#: against the bundle's ``train.json`` and ``evaluate.json``): the settings of :data:`CONTROLLED`, which the study
+#: gives every run, and the files a finished run leaves, relative to its ``output_dir``.
 RUN_FILES = {"metrics": "eval/metrics.json", "predictions": "eval/predictions.csv",
              "model_info": "models/model_info.json"}
 _INIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
@@ -967,7 +963,7 @@ def run_study(
             bundle_overrides["linear_solver"] = s["linear_solver"]
         if demo:
             bundle_overrides["demo_dir"] = source["demo_dir"]
-        assert set(bundle_overrides) - set(extra) <= set(BUNDLE_SETTINGS), "the study's bundle contract is stale"
+        assert set(bundle_overrides) - set(extra) <= set(CONTROLLED), "the study's bundle contract is stale"
         t0 = time.monotonic()
         try:
             with _run_log(run_dir / "log.txt"):
