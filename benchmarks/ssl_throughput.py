@@ -134,7 +134,7 @@ def run_worker(spec: dict) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.float().backward()
         opt.step()
-        method.after_step(1, 10)
+        method.after_step()
 
     with FlopCounterMode(display=False) as fc:
         model_step()

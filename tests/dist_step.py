@@ -29,6 +29,7 @@ from torch import nn
 from monai_cxrssl import distributed as D
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.networks import build_backbone
+from small_methods import step_values
 from small_methods import small
 
 
@@ -70,12 +71,12 @@ def run_step(spec: str, global_batch: int, key_splits: int = 1) -> dict:
 
     forward = nn.parallel.DistributedDataParallel(m) if D.is_distributed() else m
     opt = torch.optim.SGD(m.param_groups(0.0), lr=0.5)
-    m.before_step(1, 10)
+    m.before_step(1, step_values(m, 1, 10))
     loss = forward(views)["loss"]
     opt.zero_grad()
     loss.backward()
     opt.step()
-    m.after_step(1, 10)
+    m.after_step()
     total = loss.detach().clone()
     if D.is_distributed():
         dist.all_reduce(total)

@@ -10,6 +10,7 @@ import inspect
 import json
 
 from monai_cxrssl import methods
+from monai_cxrssl.engines.schedules import ScheduleTable
 from monai_cxrssl.paths import REPO_ROOT
 
 METHODS = sorted(methods.available())
@@ -23,6 +24,11 @@ def small(name: str, backbone, **settings):
     cls = methods.available()[name]
     takes = inspect.signature(cls).parameters
     return cls(backbone, **{k: v for k, v in {**SMALL_SETTINGS, **settings}.items() if k in takes})
+
+
+def step_values(method, iteration: int, total: int) -> dict[str, float]:
+    """What the trainer hands ``method.before_step`` at ``iteration`` of a ``total``-iteration run."""
+    return ScheduleTable(total, method.schedules()).at(iteration)
 
 
 def bundles() -> list[str]:

@@ -28,10 +28,11 @@ def run_small(make_method, out_dir, views, *, images: int = 12, epochs: int = 3,
     method = make_method()
     opt = torch.optim.AdamW(method.param_groups(weight_decay), lr=1e-3)
     loader = ssl_dataloader(Dataset(random_images(images)), batch_size=batch_size, seed=0)
-    sched = warmup_cosine(opt, total_steps=epochs * len(loader), warmup_steps=1)
+    sched = warmup_cosine(opt, total_steps=epochs * len(loader), warmup_steps=1, method=method)  # the run's schedule
     handlers = [LrScheduleHandler(sched, epoch_level=False, print_lr=False),
                 SSLCheckpoint(out_dir, method, opt, sched, resume=resume)]
-    trainer = SSLTrainer("cpu", epochs, loader, method, opt, views, seed=0, precision=precision, handlers=handlers)
+    trainer = SSLTrainer("cpu", epochs, loader, method, opt, views, seed=0, precision=precision, handlers=handlers,
+                         schedule=sched)
     if stop_after_epoch is not None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after_epoch), lambda e: e.terminate())
     trainer.run()

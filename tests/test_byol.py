@@ -9,6 +9,7 @@ from monai_cxrssl.checkpoints import read_checkpoint
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.methods import BYOL
 from monai_cxrssl.networks import build_backbone
+from small_methods import step_values
 
 
 def _byol(**kw):
@@ -39,15 +40,15 @@ def test_the_target_follows_the_online_network_on_a_cosine_to_one():
     method = _byol(momentum=0.9)
     assert [(o, t) for o, t in method.momentum_pairs] == [(method.backbone, method.target_backbone),
                                                           (method.projector, method.target_projector)]
-    assert method.momentum_at(1, 10) == pytest.approx(0.9) and method.momentum_at(11, 10) == 1.0
+    assert step_values(method, 1, 10)["momentum"] == pytest.approx(0.9) and step_values(method, 11, 10)["momentum"] == 1.0
     opt = torch.optim.SGD(method.param_groups(0.0), lr=0.5)
     before = [p.clone() for p in method.target_projector.parameters()]
-    method.before_step(1, 10)
+    method.before_step(1, step_values(method, 1, 10))
     out = method(_views())
     assert out["momentum"].item() == pytest.approx(0.9)
     out["loss"].backward()
     opt.step()
-    method.after_step(1, 10)
+    method.after_step()
     for b, t, o in zip(before, method.target_projector.parameters(), method.projector.parameters()):
         assert torch.allclose(t, 0.9 * b + 0.1 * o, atol=1e-6)
     assert not any(p is q for p in method.target_projector.parameters() for g in opt.param_groups for q in g["params"])

@@ -14,6 +14,7 @@ from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.losses import DINOLoss
 from monai_cxrssl.methods import DINO
 from monai_cxrssl.networks import DINOHead, build_backbone
+from small_methods import step_values
 
 from timm_vit_reference import TimmStyleViT
 
@@ -55,7 +56,7 @@ def test_loss_uniform_teacher_hand_checked():
 
 
 def test_loss_centred_teacher_and_skipped_same_view_pairs_hand_checked():
-    loss = DINOLoss(out_dim=2, n_crops=3, teacher_temp=0.05, warmup_iterations=0)
+    loss = DINOLoss(out_dim=2, n_crops=3, teacher_temp=0.05)
     loss.center.copy_(torch.tensor([[5.0, 0.0]]))
     # (t - c) / 0.05 = (log 3, 0): the teacher's distribution q = (3/4, 1/4) on both global crops
     teacher = torch.tensor([[5.0 + 0.05 * LN3, 0.0]] * 2)
@@ -72,7 +73,7 @@ def test_loss_centred_teacher_and_skipped_same_view_pairs_hand_checked():
 
 
 def test_centre_is_an_ema_of_the_teacher_batch_mean():
-    kw = {"out_dim": 2, "n_crops": 3, "teacher_temp": 0.5, "warmup_teacher_temp": 0.5, "center_momentum": 0.9}
+    kw = {"out_dim": 2, "n_crops": 3, "teacher_temp": 0.5, "center_momentum": 0.9}
     loss = DINOLoss(**kw)
     teacher = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # 2 global crops of one image: mean (2, 3)
     student = torch.tensor([[0.0, 0.3], [0.2, 0.0], [0.1, 0.1]])
@@ -92,17 +93,17 @@ def test_centre_is_an_ema_of_the_teacher_batch_mean():
     assert "center" in dict(loss.named_buffers())  # checkpointed
 
 
-def test_teacher_temperature_warm_up_schedule():
-    loss = DINOLoss(out_dim=4, n_crops=2, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_iterations=4)
-    temps = [loss.teacher_temp_at(i) for i in range(1, 7)]
+def test_teacher_temperature_warm_up_is_a_declared_schedule_set_into_the_loss():
+    method = _dino(warmup_teacher_temp_iterations=4)  # teacher_temp 0.07 after a warm-up from 0.04
+    assert set(method.schedules()) == {"momentum", "teacher_temp"}
+    temps = [step_values(method, i, 100)["teacher_temp"] for i in range(1, 7)]
     assert temps == pytest.approx([0.04, 0.05, 0.06, 0.07, 0.07, 0.07])
-    assert loss.teacher_temp == pytest.approx(0.04)
-    loss.set_iteration(3)
-    assert loss.teacher_temp == pytest.approx(0.06)
-    assert DINOLoss(out_dim=4, n_crops=2, warmup_iterations=0).teacher_temp == pytest.approx(0.07)
-    method = _dino(warmup_teacher_temp_iterations=4)
-    method.before_step(2, 100)
+    assert method.criterion.teacher_temp == pytest.approx(0.04)  # before the first step
+    method.before_step(2, step_values(method, 2, 100))
     assert method.criterion.teacher_temp == pytest.approx(0.05)
+    assert method(_views())["teacher_temp"].item() == pytest.approx(0.05)
+    assert _dino().criterion.teacher_temp == pytest.approx(0.07)  # no warm-up
+    assert DINOLoss(out_dim=4, n_crops=2, teacher_temp=0.06).teacher_temp == 0.06
 
 
 def test_loss_is_float32_under_bf16_autocast_and_checks_shapes():
@@ -159,13 +160,13 @@ def test_teacher_follows_student_with_cosine_momentum():
             p.add_(1.0)
     before = {k: v.clone() for k, v in method.teacher_backbone.named_parameters()}
     student = dict(method.backbone.named_parameters())
-    method.after_step(1, 10)  # first step: momentum 0.996
+    method.after_step()  # first step: momentum 0.996
     for k, t in method.teacher_backbone.named_parameters():
         assert torch.allclose(t, 0.996 * before[k] + 0.004 * student[k], atol=1e-6), k
-    assert method.momentum_at(1, 10) == pytest.approx(0.996)
-    assert method.momentum_at(6, 10) == pytest.approx(0.998)  # half-way along the cosine
-    assert method.momentum_at(10, 10) == pytest.approx(1 - 0.004 * (math.cos(0.9 * math.pi) + 1) / 2)
-    method.before_step(6, 10)
+    assert step_values(method, 1, 10)["momentum"] == pytest.approx(0.996)
+    assert step_values(method, 6, 10)["momentum"] == pytest.approx(0.998)  # half-way along the cosine
+    assert step_values(method, 10, 10)["momentum"] == pytest.approx(1 - 0.004 * (math.cos(0.9 * math.pi) + 1) / 2)
+    method.before_step(6, step_values(method, 6, 10))
     assert method(_views())["momentum"].item() == pytest.approx(0.998)
 
 
@@ -188,11 +189,11 @@ def test_param_groups_cover_the_student_only():
 def test_resnet_backbone_trains_a_step():
     method = _dino(build_backbone("resnet10", widen_factor=0.25), n_local_crops=1)
     opt = torch.optim.AdamW(method.param_groups(0.04), lr=1e-3)
-    method.before_step(1, 5)
+    method.before_step(1, step_values(method, 1, 5))
     loss = method(_views(n_local=1))["loss"]
     loss.backward()
     opt.step()
-    method.after_step(1, 5)
+    method.after_step()
     assert torch.isfinite(loss) and method.export_backbone().spec()["name"] == "resnet10"
 
 

@@ -262,3 +262,18 @@ def test_a_resumed_run_shows_each_tensorboard_step_once(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0), (5, 2.0),
                                                                   (6, 2.0)]
+
+
+def test_the_run_schedule_is_the_methods_and_covers_the_run():
+    from monai_cxrssl.engines import RunSchedule
+    from small_methods import small
+
+    loader = ssl_dataloader(Dataset(_items(n=12)), batch_size=4, seed=0)  # 3 iterations an epoch
+    byol = small("byol", build_backbone("resnet10", widen_factor=0.25))
+    opt = torch.optim.AdamW(byol.param_groups(1e-4), lr=1e-3)
+    with pytest.raises(ValueError, match=r"holds the quantities \[\], method 'byol' schedules \['momentum'\]"):
+        SSLTrainer("cpu", 1, loader, byol, opt, CXRViewAugment(out_size=32), schedule=RunSchedule(opt, 3))
+    trainer = SSLTrainer("cpu", 2, loader, byol, opt, CXRViewAugment(out_size=32),
+                         schedule=RunSchedule(opt, 3, method=byol))
+    with pytest.raises(ValueError, match=r"covers 3 iterations, the trainer runs 6 \(2 epochs of 3\)"):
+        trainer.run()

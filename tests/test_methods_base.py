@@ -8,6 +8,7 @@ from torch import nn
 from monai_cxrssl import methods
 from monai_cxrssl.methods import SSLMethod
 from monai_cxrssl.networks import build_backbone
+from small_methods import step_values
 from small_methods import METHODS, small
 
 
@@ -38,7 +39,7 @@ def test_momentum_pairs_are_frozen_copies_that_follow_their_networks():
     with torch.no_grad():
         m.head.weight.add_(1.0)
         m.backbone.net.conv1.weight.add_(1.0)
-    m.after_step(1, 10)
+    m.after_step()
     assert torch.allclose(m.target_head.weight, 0.9 * before + 0.1 * m.head.weight)
     assert not torch.equal(m.target_backbone.net.conv1.weight, m.backbone.net.conv1.weight)
     assert torch.allclose(m.target_backbone.net.conv1.weight - m.backbone.net.conv1.weight,
@@ -47,12 +48,12 @@ def test_momentum_pairs_are_frozen_copies_that_follow_their_networks():
 
 def test_momentum_schedules():
     constant = _Pairs(_backbone(), start=0.99)
-    assert [constant.momentum_at(i, 10) for i in (1, 5, 10)] == [0.99] * 3
+    assert [step_values(constant, i, 10)["momentum"] for i in (1, 5, 10)] == [0.99] * 3
     cosine = _Pairs(_backbone(), start=0.99, end=1.0, schedule="cosine")
-    values = [cosine.momentum_at(i, 10) for i in range(1, 12)]
+    values = [step_values(cosine, i, 10)["momentum"] for i in range(1, 12)]
     assert values[0] == pytest.approx(0.99) and values[-1] == 1.0 and values == sorted(values)
     assert cosine.momentum == pytest.approx(0.99)  # before the first step: the start value is logged
-    cosine.before_step(6, 10)
+    cosine.before_step(6, step_values(cosine, 6, 10))
     assert cosine.momentum == pytest.approx(0.995)  # half-way along the cosine
 
 

@@ -13,6 +13,7 @@ from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.methods import MoCo
 from monai_cxrssl.methods.moco import encode_shuffled, shuffle_chunks, shuffle_permutation, unshuffle
 from monai_cxrssl.networks import build_backbone
+from small_methods import step_values
 
 
 def _moco(**kwargs):
@@ -38,14 +39,14 @@ def test_key_encoder_follows_the_query_by_hand():
     key_before = [{n: p.detach().clone() for n, p in k.named_parameters()} for k in keys]
 
     opt = torch.optim.SGD(method.parameters(), lr=0.5)  # all parameters: the frozen ones get no gradient
-    method.before_step(1, 10)
+    method.before_step(1, step_values(method, 1, 10))
     out = method(_views())
     assert set(out) == {"loss", "momentum"} and out["momentum"].item() == pytest.approx(0.9)
     out["loss"].backward()
     opt.step()
     for k, before in zip(keys, key_before):  # the optimiser leaves the key encoder alone
         assert all(p.grad is None and torch.equal(p, before[n]) for n, p in k.named_parameters())
-    method.after_step(1, 10)
+    method.after_step()
 
     changed = 0
     for q, k, before in zip(query, keys, key_before):
@@ -63,9 +64,9 @@ def test_key_encoder_follows_the_query_by_hand():
 
 def test_momentum_schedules():
     constant = _moco(momentum=0.99)
-    assert [constant.momentum_at(i, 10) for i in (1, 5, 10)] == [0.99, 0.99, 0.99]
+    assert [step_values(constant, i, 10)["momentum"] for i in (1, 5, 10)] == [0.99, 0.99, 0.99]
     cosine = _moco(momentum=0.99, momentum_schedule="cosine")
-    values = [cosine.momentum_at(i, 10) for i in range(1, 12)]
+    values = [step_values(cosine, i, 10)["momentum"] for i in range(1, 12)]
     assert values[0] == pytest.approx(0.99) and values[-1] == 1.0 and values == sorted(values)
     assert values[-2] > 0.9997  # the last update barely moves the key encoder
 
@@ -81,7 +82,7 @@ def test_forward_enqueues_the_normalised_keys_after_the_loss_in_training_only():
     assert torch.equal(method.memory.keys, before) and int(method.memory.ptr) == 0  # evaluation leaves the queue
 
     method.train()
-    method.before_step(1, 10)
+    method.before_step(1, step_values(method, 1, 10))
     k, k_all = method.encode_keys(v2)  # the same permutation and chunks as the forward pass below
     assert torch.equal(k, k_all) and torch.allclose(k.norm(dim=1), torch.ones(4))
     expected_loss = method.criterion(method.head(method.backbone(v1)), k, before)

@@ -1,12 +1,10 @@
-"""Momentum (EMA) encoders: the copy, the update by hand, the cosine schedule."""
-
-import math
+"""Momentum (EMA) encoders: the copy and the update by hand (their schedule is a ramp: tests/test_ramps.py)."""
 
 import pytest
 import torch
 from torch import nn
 
-from monai_cxrssl.networks.momentum import cosine_schedule, momentum_copy, update_momentum
+from monai_cxrssl.networks.momentum import momentum_copy, update_momentum
 
 
 def _net():
@@ -63,15 +61,3 @@ def test_errors():
         update_momentum(_net(), nn.Sequential(nn.Linear(2, 2)), 0.9)
     with pytest.raises(ValueError, match="shape"):
         update_momentum(nn.Linear(2, 3), nn.Linear(2, 1), 0.9)  # (1,) would broadcast into (3,) silently
-
-
-def test_cosine_schedule_endpoints():
-    assert cosine_schedule(0, 100, 0.996, 1.0) == pytest.approx(0.996)
-    assert cosine_schedule(100, 100, 0.996, 1.0) == 1.0
-    assert cosine_schedule(250, 100, 0.996, 1.0) == 1.0  # beyond the end
-    assert cosine_schedule(-5, 100, 0.996, 1.0) == pytest.approx(0.996)  # before the start
-    assert cosine_schedule(50, 100, 0.996, 1.0) == pytest.approx(0.998)  # half-way: the mean
-    assert cosine_schedule(25, 100, 0.0, 1.0) == pytest.approx((1 - math.cos(math.pi / 4)) / 2)
-    assert cosine_schedule(3, 0, 0.5, 1.0) == 1.0  # no steps: the end value
-    values = [cosine_schedule(s, 10, 0.9, 1.0) for s in range(11)]
-    assert values == sorted(values)

@@ -5,8 +5,9 @@ from .classification import (BestModelHandler, ClassificationBatch, ModelSelecti
                              trained_model_file)
 from .checkpoint import ClassifierCheckpoint, SSLCheckpoint, TrainingCheckpoint, tensorboard_writer
 from .features import FeatureDataset, probe_inputs
+from .gradients import FreezeLastLayer, GradientClipping
 from .logistic_probe import DEFAULT_CS, LogisticProbe
 from .progress import ProgressHandler, scalar_outputs
 from .precision import FastInferer, autocast, cpu_supports_bf16, grad_scaler, resolve_precision, to_channels_last
-from .schedules import warmup_cosine
+from .schedules import RunSchedule, ScheduleTable, warmup_cosine
 from .trainer import SSLTrainer

@@ -11,12 +11,22 @@ The iteration, readable in one sitting:
 3. ``method(views)`` returns the loss (and other scalars to log), under autocast when a
    reduced precision is chosen (the fast path: see :mod:`monai_cxrssl.engines.precision`);
 4. a non-finite loss stops training with :class:`~monai_cxrssl.exceptions.NonFiniteLossError`;
-5. backward, optimiser step, then ``method.after_step`` (momentum encoders, schedules).
+5. backward, optimiser step, then ``method.after_step`` (momentum encoders).
+
+It fires MONAI's iteration events as ``SupervisedTrainer`` does (``IterationEvents.FORWARD_COMPLETED`` and
+``LOSS_COMPLETED`` once the method returned its loss, ``BACKWARD_COMPLETED`` between backward and the optimiser
+step, ``MODEL_COMPLETED`` after the momentum update), with ``engine.state.output`` holding the method's outputs:
+gradient clipping and DINO's last-layer freeze are handlers on ``BACKWARD_COMPLETED``
+(:mod:`monai_cxrssl.engines.gradients`).
+
+Before step 3 the method gets the iteration's scheduled values (EMA momentum, DINO's teacher temperature) from
+the run's one schedule, :class:`~monai_cxrssl.engines.RunSchedule`, which is also the learning-rate scheduler the
+bundle's ``LrScheduleHandler`` steps; a method computes no schedule itself.
 
 In a multi-process run (``distributed=True`` under ``torchrun``) the method is wrapped in
 ``DistributedDataParallel``; the losses gather what they need across processes themselves.
 
-Everything else (learning-rate schedule, logging, TensorBoard, checkpoints, progress) is an
+Everything else (stepping the schedule, logging, TensorBoard, checkpoints, progress) is an
 Ignite handler attached by the bundle config.
 """
 
@@ -32,12 +42,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 from monai.engines import Trainer
+from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer, SimpleInferer
 
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.distributed import Heartbeat, describe_silent_ranks, get_rank, is_distributed
 from monai_cxrssl.engines.precision import (autocast, check_bf16_training, grad_scaler, resolve_compile,
                                             resolve_precision, to_channels_last)
+from monai_cxrssl.engines.schedules import RunSchedule, ScheduleTable
 from monai_cxrssl.exceptions import NonFiniteLossError, SilentRankError
 from monai_cxrssl.methods.base import SSLMethod
 from monai_cxrssl.utils import as_bool
@@ -74,6 +86,9 @@ class SSLTrainer(Trainer):
             :class:`~monai.inferers.Inferer`; default :class:`~monai.inferers.SimpleInferer`, i.e.
             ``method(views)``). Called inside the trainer's autocast; it returns the method's output
             dictionary (``loss`` and scalars). The bundles name it ``train#inferer``, MONAI's id.
+        schedule: the run's :class:`~monai_cxrssl.engines.RunSchedule` built with ``method=method`` (the bundles'
+            ``train#lr_scheduler``): this iteration's values of the method's :meth:`schedules` come from it, and
+            it must cover the run's iterations. Without one, the method's schedules are precomputed here alone.
         epoch_length: iterations per epoch (default: the loader's length).
         handlers: Ignite handlers (each with ``attach(engine)``).
         non_blocking: non-blocking host-to-device copies.
@@ -98,6 +113,7 @@ class SSLTrainer(Trainer):
         distributed: bool = False,
         batch_scalars: Sequence[str] = (),
         inferer: Inferer | None = None,
+        schedule: RunSchedule | None = None,
     ):
         device = torch.device(device)
         super().__init__(
@@ -145,10 +161,29 @@ class SSLTrainer(Trainer):
             self.add_event_handler(Events.STARTED, lambda _: self.heartbeat.start())
             for event in (Events.COMPLETED, Events.TERMINATE):  # (an exception ends the process, and it)
                 self.add_event_handler(event, lambda *_: self.heartbeat.stop())
+        if schedule is not None and not isinstance(schedule, RunSchedule):
+            raise TypeError(f"schedule must be a monai_cxrssl.engines.RunSchedule, got {type(schedule).__name__}")
+        if schedule is not None and set(schedule.method_quantities) != set(method.schedules()):
+            raise ValueError(f"the run schedule holds the quantities {sorted(schedule.method_quantities)}, method "
+                             f"'{method.name}' schedules {sorted(method.schedules())}: build it with "
+                             f"method=<this method>")
+        #: the run's schedule; without one, a table of the method's schedules made when the run starts
+        self.schedule: RunSchedule | ScheduleTable | None = schedule
+        self._own_schedule = schedule is None
+        self.add_event_handler(Events.STARTED, self._check_schedule)
         # batch samplers with an epoch (MICLe's) get it like MONAI gives DistributedSampler theirs
         batch_sampler = getattr(train_data_loader, "batch_sampler", None)
         if hasattr(batch_sampler, "set_epoch"):
             self.add_event_handler(Events.EPOCH_STARTED, lambda e: batch_sampler.set_epoch(e.state.epoch))
+
+    def _check_schedule(self, engine: SSLTrainer) -> None:
+        total = engine.state.max_epochs * engine.state.epoch_length
+        if self._own_schedule:
+            self.schedule = ScheduleTable(total, self.method.schedules())
+        elif self.schedule.total_steps != total:
+            raise ValueError(f"the run schedule covers {self.schedule.total_steps} iterations, the trainer runs "
+                             f"{total} ({engine.state.max_epochs} epochs of {engine.state.epoch_length}): build the "
+                             f"schedule with total_steps = epochs x iterations per epoch")
 
     def _view_rng(self, iteration: int) -> tuple[np.random.RandomState, torch.Generator]:
         s = np.random.SeedSequence([self.seed, get_rank(), iteration]).generate_state(2)
@@ -181,14 +216,16 @@ class SSLTrainer(Trainer):
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
 
-        max_iterations = engine.state.max_epochs * engine.state.epoch_length
-        self.method.before_step(engine.state.iteration, max_iterations)
+        self.method.before_step(engine.state.iteration, self.schedule.at(engine.state.iteration))
         self.method.train()
         with autocast(self.precision, engine.state.device):
             out = self.inferer(views, self._forward)
         if not isinstance(out, dict) or "loss" not in out:
             raise TypeError(f"method '{self.method.name}' through {type(self.inferer).__name__} returned "
                             f"{type(out).__name__}, not a dictionary with a 'loss'")
+        engine.state.output = out
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
         loss = out["loss"].float()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -199,12 +236,15 @@ class SSLTrainer(Trainer):
         self.optimizer.zero_grad(set_to_none=True)
         if self.grad_scaler is None:
             loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             self.optimizer.step()
         else:
             self.grad_scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)  # (gradients still scaled: see gradients.py)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
-        self.method.after_step(engine.state.iteration, max_iterations)
+        self.method.after_step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
 
         result = {k: v.detach().float() for k, v in out.items()}
         for k in self.batch_scalars:

@@ -8,9 +8,9 @@ For teacher outputs ``t`` on the 2 global crops and student outputs ``s`` on all
 
 Centring (subtracting ``c``, an EMA of the teacher's batch mean) keeps one prototype from
 dominating; sharpening (``T_teacher`` < ``T_student``) keeps the teacher from going uniform. Both
-together avoid collapse. ``T_teacher`` warms up linearly from ``warmup_teacher_temp`` over the
-first ``warmup_iterations`` (DINO: 0.04 -> 0.07 over 30 epochs), as DINO's per-epoch
-``linspace``, here per iteration.
+together avoid collapse. ``T_teacher`` is the loss's :attr:`DINOLoss.teacher_temp`; its warm-up (DINO: 0.04 ->
+0.07 over 30 epochs) is a schedule that :class:`~monai_cxrssl.methods.DINO` declares and the run's schedule
+precomputes per iteration, which the method sets here before each step.
 """
 
 from __future__ import annotations
@@ -37,50 +37,28 @@ class DINOLoss(nn.Module):
         out_dim: number of prototypes (the head's output dimension).
         n_crops: crops per image the student sees (2 global + local ones).
         student_temp: student softmax temperature (0.1).
-        teacher_temp: teacher temperature after the warm-up (0.04-0.07; DINO's default 0.04, 0.07
-            for longer runs).
-        warmup_teacher_temp: teacher temperature at the first iteration.
-        warmup_iterations: length of the linear warm-up (0: ``teacher_temp`` from the start).
+        teacher_temp: the teacher temperature in use (0.04-0.07; DINO's default 0.04, 0.07 for longer runs),
+            :attr:`teacher_temp`; set it per iteration for a warm-up.
         center_momentum: EMA momentum of the centre (0.9).
     """
 
     def __init__(self, out_dim: int, n_crops: int, student_temp: float = 0.1, teacher_temp: float = 0.07,
-                 warmup_teacher_temp: float = 0.04, warmup_iterations: int = 0, center_momentum: float = 0.9):
+                 center_momentum: float = 0.9):
         super().__init__()
         if n_crops < 2:
             raise ValueError(f"n_crops must be >= 2 (two global crops at least), got {n_crops}")
-        for name, t in (("student_temp", student_temp), ("teacher_temp", teacher_temp),
-                        ("warmup_teacher_temp", warmup_teacher_temp)):
+        for name, t in (("student_temp", student_temp), ("teacher_temp", teacher_temp)):
             if t <= 0:
                 raise ValueError(f"{name} must be positive, got {t}")
         if not 0.0 <= center_momentum <= 1.0:
             raise ValueError(f"center_momentum must be in [0, 1], got {center_momentum}")
-        if warmup_iterations < 0:
-            raise ValueError(f"warmup_iterations must be >= 0, got {warmup_iterations}")
         self.out_dim = int(out_dim)
         self.n_crops = int(n_crops)
         self.student_temp = float(student_temp)
-        self.teacher_temp_final = float(teacher_temp)
-        self.warmup_teacher_temp = float(warmup_teacher_temp)
-        self.warmup_iterations = int(warmup_iterations)
         self.center_momentum = float(center_momentum)
         self.register_buffer("center", torch.zeros(1, out_dim))
-        #: the teacher temperature in use; set per iteration with :meth:`set_iteration`
-        self.teacher_temp = self.teacher_temp_at(1)
-
-    def teacher_temp_at(self, iteration: int) -> float:
-        """Teacher temperature at a 1-based iteration: ``linspace(warmup, final, warmup_iterations)``, then final."""
-        step = int(iteration) - 1
-        if step >= self.warmup_iterations:
-            return self.teacher_temp_final
-        if self.warmup_iterations == 1:
-            return self.warmup_teacher_temp
-        frac = max(step, 0) / (self.warmup_iterations - 1)
-        return self.warmup_teacher_temp + frac * (self.teacher_temp_final - self.warmup_teacher_temp)
-
-    def set_iteration(self, iteration: int) -> None:
-        """Use the teacher temperature of this (1-based) iteration."""
-        self.teacher_temp = self.teacher_temp_at(iteration)
+        #: the teacher temperature in use (DINO sets this iteration's before each step)
+        self.teacher_temp = float(teacher_temp)
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
         """Loss of one step.

@@ -9,21 +9,27 @@ What methods share lives here, so that a method declares its parts and its loss 
 
 - **momentum pairs**: :meth:`SSLMethod.add_momentum_pair` makes a frozen EMA copy of one of the method's
   networks (MoCo's key encoder, DINO's teacher, BYOL's target) and registers the pair; after each optimiser
-  step every pair moves, ``target = m * target + (1 - m) * online``, with ``m`` from
-  :meth:`SSLMethod.momentum_at` (constant, or a cosine from ``start`` to ``end`` over training, set by
-  :meth:`SSLMethod.set_momentum`);
+  step every pair moves, ``target = m * target + (1 - m) * online``, with this iteration's ``m``;
+- **schedules**: a method declares what it needs scheduled (:meth:`SSLMethod.schedules`: the momentum ramp set by
+  :meth:`SSLMethod.set_momentum`, constant or a cosine from ``start`` to ``end``; DINO adds its teacher
+  temperature) and computes none of it: the run's schedule (:class:`~monai_cxrssl.engines.RunSchedule`)
+  precomputes every quantity per iteration and the trainer hands this iteration's values to
+  :meth:`SSLMethod.before_step`;
 - **optimiser groups**: :meth:`SSLMethod.param_groups`, the trainable parameters with weight decay on weights
   and none on biases and 1-D parameters (norm layers), as DINO and BYOL do; momentum copies are never optimised.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from monai_cxrssl.networks.backbones import Backbone
-from monai_cxrssl.networks.momentum import cosine_schedule, momentum_copy, update_momentum
+from monai_cxrssl.networks.momentum import momentum_copy, update_momentum
 from monai_cxrssl.networks.weights import init_backbone
+from monai_cxrssl.ramps import Ramp
 
 __all__ = ["SSLMethod", "MOMENTUM_SCHEDULES"]
 
@@ -61,7 +67,7 @@ class SSLMethod(nn.Module):
         #: (online, target) attribute names of the momentum pairs, in the order they were made
         self._momentum_pairs: list[tuple[str, str]] = []
         self.set_momentum(1.0)
-        self._iteration, self._max_iterations = 0, 0
+        self._iteration = 0  # of the step being run (MoCo's shuffle is seeded by it)
 
     # ------------------------------------------------------------------------ momentum pairs
     def add_momentum_pair(self, online: str, target: str) -> nn.Module:
@@ -93,29 +99,29 @@ class SSLMethod(nn.Module):
         if schedule == "cosine" and float(start) > end:
             raise ValueError(f"a cosine momentum schedule rises: expected start <= end, got {start} and {end}")
         self.momentum_start, self.momentum_end, self.momentum_schedule = float(start), end, schedule
-
-    def momentum_at(self, iteration: int, max_iterations: int) -> float:
-        """EMA momentum of the update after (1-based) ``iteration``: ``start`` at the first."""
-        if self.momentum_schedule == "constant":
-            return self.momentum_start
-        return cosine_schedule(iteration - 1, max_iterations, self.momentum_start, self.momentum_end)
-
-    @property
-    def momentum(self) -> float:
-        """The momentum of this iteration's update (logged by the methods that have pairs)."""
-        return self.momentum_at(self._iteration, self._max_iterations) if self._iteration else self.momentum_start
+        #: the momentum of this iteration's update (set by :meth:`before_step`; logged by methods with pairs)
+        self.momentum = float(start)
 
     # ---------------------------------------------------------------------------- the step
-    def before_step(self, iteration: int, max_iterations: int) -> None:
-        """Called before each forward pass with the (1-based) iteration: schedules. Call it when overriding."""
-        self._iteration, self._max_iterations = int(iteration), int(max_iterations)
+    def schedules(self) -> dict[str, Ramp]:
+        """What this method needs scheduled per iteration, by name: ``{"momentum": ...}`` when it has momentum
+        pairs. The run's schedule precomputes them; :meth:`before_step` receives this iteration's values.
+        Override (calling this) to add quantities."""
+        if not self._momentum_pairs:
+            return {}
+        return {"momentum": Ramp(self.momentum_start, self.momentum_end, self.momentum_schedule)}
+
+    def before_step(self, iteration: int, values: Mapping[str, float]) -> None:
+        """Called before each forward pass with the (1-based) iteration and its scheduled values (named as in
+        :meth:`schedules`). Call it when overriding."""
+        self._iteration = int(iteration)
+        self.momentum = float(values.get("momentum", self.momentum_start))
 
     @torch.no_grad()
-    def after_step(self, iteration: int, max_iterations: int) -> None:
+    def after_step(self) -> None:
         """Called after each optimiser step: every momentum pair moves towards its online network."""
-        m = self.momentum_at(iteration, max_iterations)
         for online, target in self.momentum_pairs:
-            update_momentum(online, target, m)
+            update_momentum(online, target, self.momentum)
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Return at least ``{"loss": scalar}``; other scalars are logged."""

@@ -8,8 +8,8 @@ exponential moving average of the student, across crops of one radiograph:
 - the teacher sees the 2 global crops; the student sees all of them, one backbone pass per
   crop size (crops of one size are concatenated), then one head pass;
 - :class:`~monai_cxrssl.losses.DINOLoss`: cross-entropy between the centred, sharpened teacher
-  and the student on every pair of different crops; the teacher temperature warms up
-  (:meth:`DINO.before_step`);
+  and the student on every pair of different crops; the teacher temperature warms up, a schedule the method
+  declares (:meth:`DINO.schedules`) and the run's schedule precomputes;
 - after each optimiser step the teacher follows the student with a momentum that rises on a
   cosine from 0.996 to 1 over training (the momentum pairs of :class:`~monai_cxrssl.methods.SSLMethod`);
 - downstream tasks start from the **teacher**'s backbone (:meth:`DINO.export_backbone`).
@@ -28,6 +28,7 @@ from monai_cxrssl.losses.dino import DINOLoss
 from monai_cxrssl.methods.base import SSLMethod
 from monai_cxrssl.networks.backbones import Backbone
 from monai_cxrssl.networks.heads import DINOHead
+from monai_cxrssl.ramps import Ramp
 
 __all__ = ["DINO", "local_crop_size"]
 
@@ -87,15 +88,27 @@ class DINO(SSLMethod):
                              batch_norm=head_batch_norm, norm_last_layer=norm_last_layer)
         self.add_momentum_pair("backbone", "teacher_backbone")
         self.add_momentum_pair("head", "teacher_head")
-        self.criterion = DINOLoss(out_dim, self.num_views, student_temp=student_temp, teacher_temp=teacher_temp,
-                                  warmup_teacher_temp=warmup_teacher_temp,
-                                  warmup_iterations=warmup_teacher_temp_iterations, center_momentum=center_momentum)
+        for what, t in (("teacher_temp", teacher_temp), ("warmup_teacher_temp", warmup_teacher_temp)):
+            if t <= 0:
+                raise ValueError(f"{what} must be positive, got {t}")
+        if int(warmup_teacher_temp_iterations) < 0:
+            raise ValueError(f"warmup_teacher_temp_iterations must be >= 0, got {warmup_teacher_temp_iterations}")
+        #: DINO's teacher temperature: ``linspace(warmup_teacher_temp, teacher_temp, warm-up)``, then constant
+        self.teacher_temp_ramp = Ramp(float(teacher_temp), warmup_steps=int(warmup_teacher_temp_iterations),
+                                      warmup_start=float(warmup_teacher_temp))
+        first = self.teacher_temp_ramp.values(1)[0]
+        self.criterion = DINOLoss(out_dim, self.num_views, student_temp=student_temp, teacher_temp=first,
+                                  center_momentum=center_momentum)
 
     # ------------------------------------------------------------------------------ schedules
-    def before_step(self, iteration: int, max_iterations: int) -> None:
-        """Set the teacher temperature for this iteration."""
-        super().before_step(iteration, max_iterations)
-        self.criterion.set_iteration(iteration)
+    def schedules(self) -> dict[str, Ramp]:
+        """The teacher's EMA momentum and its temperature."""
+        return {**super().schedules(), "teacher_temp": self.teacher_temp_ramp}
+
+    def before_step(self, iteration: int, values) -> None:
+        """This iteration's teacher temperature into the loss."""
+        super().before_step(iteration, values)
+        self.criterion.teacher_temp = float(values.get("teacher_temp", self.teacher_temp_ramp.final))
 
     # -------------------------------------------------------------------------------- forward
     @staticmethod

@@ -3,18 +3,17 @@
 A momentum copy is a frozen duplicate of a network whose weights follow the trained network
 as an exponential moving average, ``target = m * target + (1 - m) * source``, after each
 optimiser step. ``m`` is fixed (MoCo: 0.999) or follows a cosine schedule towards 1 (DINO:
-0.996 -> 1).
+0.996 -> 1): a :class:`~monai_cxrssl.ramps.Ramp` of the run's schedule.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 
-__all__ = ["momentum_copy", "update_momentum", "cosine_schedule"]
+__all__ = ["momentum_copy", "update_momentum"]
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
@@ -51,12 +50,3 @@ def update_momentum(source: nn.Module, target: nn.Module, m: float) -> None:
                          f"{tuple(src[shapes[0]].shape)} in the source, {tuple(tgt[shapes[0]].shape)} in the target")
     for name, p in src.items():
         tgt[name].mul_(m).add_(p.detach(), alpha=1.0 - m)
-
-
-def cosine_schedule(step: int, max_steps: int, start: float, end: float) -> float:
-    """Cosine ramp from ``start`` (step 0) to ``end`` (step ``max_steps``); ``start`` before, ``end`` beyond."""
-    if max_steps <= 0 or step >= max_steps:
-        return float(end)
-    if step <= 0:
-        return float(start)
-    return float(end - (end - start) * (math.cos(math.pi * step / max_steps) + 1) / 2)
