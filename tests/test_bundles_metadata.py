@@ -243,8 +243,11 @@ def test_every_config_runs_from_inside_the_bundle_folder(bundle, tmp_path):
     # small backbones; DINO keeps a ViT (its default kind: the TorchScript path the zoo's checks take)
     backbone = ["--backbone", "vit_tiny" if bundle.name == "dino_cxr" else "resnet10"]
     small = ["--image_size", "32", "--batch_size", "8", "--progress", "false", "--cache_workers", "1", *backbone]
+    # DINO: a small head and local crops smaller than the 32-pixel global ones (its defaults are 96-pixel crops)
+    dino = ["--local_size", "16", "--local_crops", "2", "--out_dim", "1024", "--hidden_dim", "256",
+            "--bottleneck_dim", "64"] if bundle.name == "dino_cxr" else []
     runner.run_python("-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--epochs", "1", *small,
-                      cwd=folder)
+                      *dino, cwd=folder)
     assert (folder / "models" / "model.pt").is_file() and (folder / "checkpoint.pt").is_file()
     # published as the zoo holds it: models/ uploaded (here to a local folder), large_files.yml written, and the
     # weights gone from the bundle until MONAI's download_large_files fetches and checks them for the configs below
