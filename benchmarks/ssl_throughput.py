@@ -113,15 +113,11 @@ def run_worker(spec: dict) -> dict:
     # beforehand and kept in memory (distinct batches, as in training: a method stepping on one
     # repeated batch overfits it within a few steps, which is not the workload being measured)
     from monai_cxrssl.engines.precision import autocast
-    import numpy as np
 
     method, opt = trainer.method, trainer.optimizer
-    g = torch.Generator().manual_seed(0)
     view_sets = []
     for k, data in zip(range(steps), parser.get_parsed_content("train#dataloader")):
-        sources = {key: data[key].to(trainer.state.device) for key in set(trainer.view_keys)}
-        views = [aug(sources[key], np.random.RandomState(100 * k + i), g)
-                 for i, (aug, key) in enumerate(zip(trainer.views, trainer.view_keys))]
+        views = trainer.views.make_views(data, trainer.state.device, iteration=10**6 + k)  # the run's own recipe
         if trainer.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         view_sets.append(views)

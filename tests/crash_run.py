@@ -19,7 +19,7 @@ from monai.handlers import LrScheduleHandler
 from monai.utils import set_determinism
 
 import monai_cxrssl.utils as utils
-from monai_cxrssl.data.dataset import ssl_dataloader
+from monai_cxrssl.data.loaders import ssl_dataloader
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.engines import SSLCheckpoint, SSLTrainer, warmup_cosine
 from monai_cxrssl.methods import MoCo

@@ -9,7 +9,7 @@ from monai.data import Dataset
 from monai.handlers import LrScheduleHandler
 from monai.utils import set_determinism
 
-from monai_cxrssl.data.dataset import ssl_dataloader
+from monai_cxrssl.data.loaders import ssl_dataloader
 from monai_cxrssl.engines import SSLCheckpoint, SSLTrainer, warmup_cosine
 
 

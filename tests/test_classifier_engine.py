@@ -10,7 +10,7 @@ from ignite.engine import Events
 from sklearn.metrics import roc_auc_score
 
 from monai_cxrssl.data.views import CXRViewAugment
-from monai_cxrssl.engines import BestModelHandler, ClassificationBatch, export_torchscript, load_trained_classifier
+from monai_cxrssl.engines import BestModelHandler, export_torchscript, load_trained_classifier
 from monai_cxrssl.evaluation import PredictionReport
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.networks import CXRClassifier, build_backbone
@@ -18,25 +18,6 @@ from monai_cxrssl.networks import CXRClassifier, build_backbone
 
 def _batch(n=4, size=16):
     return {"image": torch.rand(n, 1, size, size), "target": torch.ones(n, 1)}
-
-
-def test_evaluation_batches_are_normalised_like_the_ssl_views():
-    b = _batch()
-    x, y = ClassificationBatch()(b, "cpu")
-    assert torch.allclose(x, (b["image"] - 0.5) / 0.25) and torch.equal(y, b["target"])
-    x, y = ClassificationBatch()({"image": b["image"]}, "cpu")
-    assert y is None
-
-
-def test_augmented_batches_continue_their_sequence_after_a_resume():
-    b = _batch()
-    aug = CXRViewAugment(out_size=16)
-    a = ClassificationBatch(aug, seed=3)
-    first, second = a(b, "cpu")[0], a(b, "cpu")[0]
-    assert not torch.allclose(first, second)
-    resumed = ClassificationBatch(aug, seed=3)
-    resumed.load_state_dict({"calls": 1})
-    assert torch.equal(resumed(b, "cpu")[0], second)
 
 
 class _Trainer:

@@ -8,7 +8,8 @@ import torch
 from monai.engines import SupervisedEvaluator
 
 from monai_cxrssl.checkpoints import BACKBONE_EXPORT, atomic_save, load_pretrained_encoder
-from monai_cxrssl.engines import ClassificationBatch, FastInferer
+from monai_cxrssl.data import ViewBatch
+from monai_cxrssl.engines import FastInferer
 from monai_cxrssl.evaluation import EmbeddingWriter, read_embeddings
 from monai_cxrssl.exceptions import CheckpointError
 from monai_cxrssl.networks import build_backbone
@@ -31,7 +32,7 @@ def _embed(network, batches, out_dir, precision="fp32"):
     writer = EmbeddingWriter(out_dir)
     evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=batches, network=network,
                                     inferer=FastInferer(precision, channels_last=False),
-                                    prepare_batch=ClassificationBatch(), val_handlers=[writer], decollate=False)
+                                    prepare_batch=ViewBatch(), val_handlers=[writer], decollate=False)
     evaluator.run()
     return read_embeddings(out_dir)
 

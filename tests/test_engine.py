@@ -10,7 +10,7 @@ from monai.data import Dataset
 from monai.utils import set_determinism
 
 from monai_cxrssl.checkpoints import load_backbone_weights, read_checkpoint
-from monai_cxrssl.data.dataset import ssl_dataloader
+from monai_cxrssl.data.loaders import ssl_dataloader
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.engines import SSLCheckpoint, SSLTrainer, warmup_cosine
 from monai_cxrssl.exceptions import CheckpointError, NonFiniteLossError

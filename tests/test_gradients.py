@@ -7,7 +7,7 @@ from ignite.engine import Events
 from monai.data import Dataset
 from monai.engines.utils import IterationEvents
 
-from monai_cxrssl.data.dataset import ssl_dataloader
+from monai_cxrssl.data.loaders import ssl_dataloader
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.engines import FreezeLastLayer, GradientClipping, SSLTrainer
 from monai_cxrssl.networks import build_backbone

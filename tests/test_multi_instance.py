@@ -9,7 +9,7 @@ import torch
 from monai.data import Dataset
 from monai.utils import set_determinism
 
-from monai_cxrssl.data import CXRViewAugment, MultiInstanceBatchSampler, MultiInstancePairs, group_ids
+from monai_cxrssl.data import MultiInstanceBatchSampler, pair_views, MultiInstancePairs, group_ids
 from monai_cxrssl.data import multi_instance_dataloader
 from monai_cxrssl.exceptions import DatalistError
 
@@ -112,7 +112,7 @@ def _micle_run(out_dir, epochs, resume=False):
     sched = warmup_cosine(opt, total_steps=3 * len(loader), warmup_steps=1)
     handlers = [LrScheduleHandler(sched, epoch_level=False, print_lr=False),
                 SSLCheckpoint(out_dir, method, opt, sched, resume=resume)]
-    trainer = SSLTrainer("cpu", epochs, loader, method, opt, CXRViewAugment(out_size=32), handlers=handlers,
+    trainer = SSLTrainer("cpu", epochs, loader, method, opt, pair_views(32), handlers=handlers,
                          batch_scalars=["multi_instance"], precision="auto")
     trainer.run()
     return trainer, method
@@ -120,8 +120,35 @@ def _micle_run(out_dir, epochs, resume=False):
 
 def test_micle_trains_logs_the_multi_instance_share_and_resumes_exactly(tmp_path):
     straight, m1 = _micle_run(tmp_path / "a", 3)
-    assert 0.0 <= float(straight.state.output["multi_instance"]) <= 1.0 and m1.view_keys == ("image", "image_pair")
+    assert 0.0 <= float(straight.state.output["multi_instance"]) <= 1.0 
+    assert [v.source for v in straight.views.views] == ["image", "image_pair"]  # the recipe, not the method
     _micle_run(tmp_path / "b", 1)
     _, m2 = _micle_run(tmp_path / "b", 3, resume=True)
     for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_groups_come_from_the_cached_items_and_travel_with_the_batch(tmp_path):
+    # an unreadable file is skipped: the groups, read from the cached items, stay aligned with the images
+    from PIL import Image
+
+    from monai.transforms import Compose, SelectItemsd
+
+    from monai_cxrssl.data import CXRCacheDataset, LoadCXRd, item_groups
+
+    entries = []
+    for i, g in enumerate(_groups()):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((8, 8), 10 * i, dtype=np.uint8)).save(path)
+        entries.append({"image": str(path), "patient_id": g, "label": 0})
+    (tmp_path / "0.png").write_bytes(b"not a png")
+    ds = CXRCacheDataset(entries, Compose([LoadCXRd("image"), SelectItemsd(["image", "patient_id"])]),
+                         skip_unreadable=True)
+    assert len(ds) == len(entries) - 1
+    assert item_groups(ds) == _groups()[1:] and ds.item_values("label") == [None] * len(ds)
+    loader = multi_instance_dataloader(ds, batch_size=4, seed=0)
+    batch = next(iter(loader))
+    assert list(batch) == ["image", "image_pair", "multi_instance", "patient_id"]
+    for image, pid in zip(batch["image"], batch["patient_id"]):
+        index = round(float(image.max()) * 255 / 10)  # the file's number, from its grey level
+        assert pid == _groups()[index]

@@ -155,7 +155,7 @@ def test_dino_resnet_with_16px_local_crops_trains_finite_and_repeatable_under_au
     from monai.data import Dataset
     from monai.utils import set_determinism
 
-    from monai_cxrssl.data.dataset import ssl_dataloader
+    from monai_cxrssl.data.loaders import ssl_dataloader
     from monai_cxrssl.data.views import CXRViewAugment
     from monai_cxrssl.engines import SSLTrainer
     from monai_cxrssl.methods import DINO

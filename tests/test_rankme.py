@@ -9,7 +9,8 @@ import torch
 from monai.engines import SupervisedEvaluator
 
 from monai_cxrssl.__main__ import main
-from monai_cxrssl.engines import ClassificationBatch, FastInferer
+from monai_cxrssl.data import ViewBatch
+from monai_cxrssl.engines import FastInferer
 from monai_cxrssl.evaluation import EmbeddingWriter, rank_encoders, rankme
 from monai_cxrssl.exceptions import CXRSSLError
 
@@ -61,7 +62,7 @@ def _embed(network, out_dir, n=48, size=16):
     batches = [{"image": images[i:i + 16], "path": [f"img{j}.png" for j in range(i, i + 16)],
                 "patient_id": [f"p{j}" for j in range(i, i + 16)]} for i in range(0, n, 16)]
     SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=batches, network=network,
-                        inferer=FastInferer("fp32", channels_last=False), prepare_batch=ClassificationBatch(),
+                        inferer=FastInferer("fp32", channels_last=False), prepare_batch=ViewBatch(),
                         val_handlers=[EmbeddingWriter(out_dir)], decollate=False).run()
     return out_dir
 

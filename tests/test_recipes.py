@@ -6,7 +6,7 @@ import pytest
 
 from monai.bundle import ConfigParser
 
-from monai_cxrssl.methods.dino import local_crop_size
+from monai_cxrssl.data import local_crop_size
 from monai_cxrssl.methods.moco import queue_size_for
 from monai_cxrssl.paths import REPO_ROOT
 

@@ -10,7 +10,7 @@ from monai.handlers import LrScheduleHandler
 from monai.utils import set_determinism
 
 from monai_cxrssl.checkpoints import atomic_save, file_sha256, initialisation_chain, read_checkpoint
-from monai_cxrssl.data.dataset import ssl_dataloader
+from monai_cxrssl.data.loaders import ssl_dataloader
 from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.engines import SSLCheckpoint, SSLTrainer, warmup_cosine
 from monai_cxrssl.exceptions import CheckpointError

@@ -11,16 +11,21 @@ import importlib
 _EXPORTS = {
     "datalist": ["build_datalist", "check_datalist", "datalist_from_class_folders", "datalist_from_csv",
                  "datalist_from_dicom_folder", "datalist_from_image_folder", "kermany_patient_id", "load_datalist", "write_datalist"],
-    "dataset": ["CXRCacheDataset", "inference_items", "resolve_datalist", "ssl_dataloader", "training_items"],
+    "sources": ["inference_items", "resolve_datalist", "training_items"],
+    "cache": ["CXRCacheDataset"],
+    "loaders": ["ssl_dataloader"],
     "classification": ["ClassificationData"],
     "io": ["parse_dicom", "read_cxr", "read_dicom_header"],
-    "multi_instance": ["MultiInstanceBatchSampler", "MultiInstancePairs", "group_ids", "multi_instance_dataloader"],
+    "multi_instance": ["MultiInstanceBatchSampler", "MultiInstancePairs", "group_ids", "item_groups",
+                       "multi_instance_dataloader"],
     "phantoms": ["make_phantom", "write_demo_dataset"],
     "shift": ["resolve_label_map", "shifted_test_items"],
     "splits": ["format_leakage_report", "label_fraction", "leakage_report", "patient_split"],
     "targets": ["CXRTargetd", "check_targets", "positive_weights", "target_vector"],
     "transforms": ["LoadCXR", "LoadCXRd", "NormalizeCXR", "NormalizeCXRd", "ResizeCXR", "ResizeCXRd"],
     "views": ["CXRViewAugment", "PIXEL_MEAN", "PIXEL_STD", "RandCXRView", "RandCXRViewd"],
+    "view_batch": ["FollowIteration", "RECIPES", "View", "ViewBatch", "local_crop_size", "multi_crop", "normalize", "pair_views",
+                   "single_view", "two_views", "view_recipe"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from monai_cxrssl.data.datalist import check_datalist, split_keys
-from monai_cxrssl.data.dataset import resolve_datalist
+from monai_cxrssl.data.sources import resolve_datalist
 from monai_cxrssl.data.splits import label_fraction as draw_label_fraction
 from monai_cxrssl.data.splits import patient_split
 from monai_cxrssl.data.targets import TASKS, check_targets, infer_task, positive_weights
@@ -29,7 +29,7 @@ class ClassificationData:
     """Entries and targets of a classification run.
 
     Args:
-        dataset_dir, datalist, demo_dir: the data source (see :func:`~monai_cxrssl.data.dataset.resolve_datalist`).
+        dataset_dir, datalist, demo_dir: the data source (see :func:`~monai_cxrssl.data.sources.resolve_datalist`).
         task: ``binary``, ``multiclass``, ``multilabel``, or ``auto``: the datalist's ``task``, or
             when it states none (a plain MONAI datalist), inferred from the labels and logged
             (:func:`~monai_cxrssl.data.targets.infer_task`).

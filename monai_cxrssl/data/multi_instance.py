@@ -10,8 +10,11 @@ group key (``patient_id`` by default: Kermany file names, the NIH ``labels.csv``
   same person), across all processes of a multi-process run, since the contrastive loss
   gathers negatives from every process. The order depends only on ``(seed, epoch)``.
 - :class:`MultiInstancePairs` turns a pair of indices into ``{"image", "image_pair",
-  "multi_instance"}``; ``multi_instance`` is 1 for a true two-image pair, and the trainer logs
-  its batch mean (the share of true multi-instance pairs).
+  "multi_instance", "patient_id"}``; ``multi_instance`` is 1 for a true two-image pair, and the trainer logs
+  its batch mean (the share of true multi-instance pairs); the anchor's group (patient) travels with the batch.
+
+The groups are read from the dataset's own items (the pretraining bundles' preprocessing keeps the group key,
+``keep_keys``), so they stay aligned with the images whatever the dataset dropped (unreadable files).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from monai_cxrssl.distributed import get_rank, get_world_size
 from monai_cxrssl.exceptions import DatalistError
 
-__all__ = ["group_ids", "MultiInstanceBatchSampler", "MultiInstancePairs", "multi_instance_dataloader"]
+__all__ = ["group_ids", "item_groups", "MultiInstanceBatchSampler", "MultiInstancePairs", "multi_instance_dataloader"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,17 @@ def group_ids(entries: Sequence[dict], group_key: str = "patient_id") -> list[st
         logger.warning("%d of %d entries have no '%s': each is its own group (two views of one image)", missing,
                        len(entries), group_key)
     return out
+
+
+def item_groups(dataset, group_key: str = "patient_id") -> list[str]:
+    """The group of each item of ``dataset`` (see :func:`group_ids`), read from the items themselves: a
+    :class:`~monai_cxrssl.data.CXRCacheDataset`'s cached items (:meth:`~monai_cxrssl.data.CXRCacheDataset.item_values`,
+    no copy), else ``dataset[i]``."""
+    if hasattr(dataset, "item_values"):
+        values = dataset.item_values(group_key)
+    else:
+        values = [dataset[i].get(group_key) for i in range(len(dataset))]
+    return group_ids([{group_key: v} for v in values], group_key)
 
 
 class MultiInstanceBatchSampler:
@@ -145,16 +159,22 @@ class MultiInstanceBatchSampler:
 
 
 class MultiInstancePairs(Dataset):
-    """A dataset indexed by ``(anchor, partner)``: both images, and whether they differ.
+    """A dataset indexed by ``(anchor, partner)``: both images, whether they differ, and the anchor's group.
 
     Args:
         dataset: yields dictionaries with ``image_key`` (e.g. a :class:`CXRCacheDataset`).
         image_key, pair_key: keys of the anchor's and the partner's images in the output.
+        groups: the group of each item (default: :func:`item_groups` of ``dataset``), written under ``group_key``.
+        group_key: the items' group key (``patient_id``).
     """
 
-    def __init__(self, dataset, image_key: str = "image", pair_key: str = "image_pair"):
+    def __init__(self, dataset, image_key: str = "image", pair_key: str = "image_pair",
+                 groups: Sequence[str] | None = None, group_key: str = "patient_id"):
         self.dataset = dataset
-        self.image_key, self.pair_key = image_key, pair_key
+        self.image_key, self.pair_key, self.group_key = image_key, pair_key, group_key
+        self.groups = list(groups) if groups is not None else item_groups(dataset, group_key)
+        if len(self.groups) != len(dataset):
+            raise ValueError(f"{len(self.groups)} groups for {len(dataset)} items")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -162,24 +182,22 @@ class MultiInstancePairs(Dataset):
     def __getitem__(self, index) -> dict:
         i, j = index
         return {self.image_key: self.dataset[i][self.image_key], self.pair_key: self.dataset[j][self.image_key],
-                "multi_instance": torch.tensor(float(i != j))}
+                "multi_instance": torch.tensor(float(i != j)), self.group_key: self.groups[i]}
 
 
 def multi_instance_dataloader(dataset, batch_size: int, seed: int = 0, group_key: str = "patient_id",
                               num_workers: int = 0, image_key: str = "image") -> DataLoader:
-    """The MICLe training loader over a cached dataset whose ``data`` entries carry ``group_key``.
+    """The MICLe training loader over a dataset whose items carry ``group_key`` (:func:`item_groups`).
 
-    The groups come from ``dataset.data`` (the datalist entries still aligned with the cache after
-    unreadable images were skipped). The trainer sets the sampler's epoch at each epoch.
+    Batches hold ``image``, its partner ``image_pair``, ``multi_instance`` and the anchors' ``group_key``. The trainer
+    sets the sampler's epoch at each epoch.
     """
-    entries = getattr(dataset, "data", None)
-    if entries is None:
-        raise TypeError("multi_instance_dataloader needs a dataset with a 'data' list of datalist entries")
-    groups = group_ids(entries, group_key)
+    groups = item_groups(dataset, group_key)
     sampler = MultiInstanceBatchSampler(groups, batch_size, seed=seed)
     sizes = Counter(Counter(groups).values())
     logger.info("MICLe: %d images of %d patients (%s); %.1f%% of images have another image of their patient",
                 len(groups), len(set(groups)), ", ".join(f"{n} with {k} image(s)" for k, n in sorted(sizes.items())[:4]),
                 100 * sampler.multi_instance_share)
-    return DataLoader(MultiInstancePairs(dataset, image_key=image_key), batch_sampler=sampler,
+    return DataLoader(MultiInstancePairs(dataset, image_key=image_key, groups=groups, group_key=group_key),
+                      batch_sampler=sampler,
                       num_workers=num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)

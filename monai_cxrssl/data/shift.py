@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from monai_cxrssl.data.datalist import check_datalist, split_keys
-from monai_cxrssl.data.dataset import resolve_datalist
+from monai_cxrssl.data.sources import resolve_datalist
 from monai_cxrssl.data.targets import TASKS
 from monai_cxrssl.exceptions import DatalistError
 

@@ -6,7 +6,8 @@ One implementation serves both paths, so they are equal in distribution by const
   (:meth:`CXRViewAugment.sample`) and applies them to a whole batch at once on its device
   (:meth:`CXRViewAugment.apply`): one ``affine_grid``/``grid_sample`` for random resized
   crop + horizontal flip + rotation, then brightness/contrast/gamma, Gaussian blur (grouped
-  convolution with per-image kernels) and Gaussian noise, then normalisation.
+  convolution with per-image kernels) and Gaussian noise. The views stay in the image's range; the network
+  input's normalisation is done once, by :class:`~monai_cxrssl.data.ViewBatch`, for views and plain images alike.
 - :class:`RandCXRView` / :class:`RandCXRViewd` are the MONAI array/dictionary transforms
   that apply it to one image, e.g. in DataLoader workers; :class:`RandCXRViewd` writes
   several views, each drawn from its own random state.
@@ -52,8 +53,6 @@ class CXRViewAugment:
         blur_sigma: range of the blur's standard deviation, as a fraction of ``out_size``.
         noise_prob: probability of additive Gaussian noise.
         noise_std: maximum noise standard deviation (image range [0, 1]).
-        mean: subtracted after augmentation (normalisation).
-        std: divided by after augmentation.
     """
 
     def __init__(
@@ -71,15 +70,11 @@ class CXRViewAugment:
         blur_sigma: Sequence[float] = (0.001, 0.01),
         noise_prob: float = 0.5,
         noise_std: float = 0.03,
-        mean: float = PIXEL_MEAN,
-        std: float = PIXEL_STD,
     ):
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
         if not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {tuple(ratio)}")
-        if std <= 0:
-            raise ValueError(f"std must be positive, got {std}")
         self.out_size = int(out_size)
         self.scale = tuple(float(s) for s in scale)
         self.ratio = tuple(float(r) for r in ratio)
@@ -93,8 +88,6 @@ class CXRViewAugment:
         self.blur_sigma = tuple(float(s) for s in blur_sigma)
         self.noise_prob = float(noise_prob)
         self.noise_std = float(noise_std)
-        self.mean = float(mean)
-        self.std = float(std)
 
     # ----------------------------------------------------------------------------- sampling
     def sample(self, n: int, rng: np.random.RandomState) -> dict[str, np.ndarray]:
@@ -125,7 +118,7 @@ class CXRViewAugment:
     # ----------------------------------------------------------------------------- applying
     def apply(self, images: torch.Tensor, params: Mapping[str, np.ndarray],
               noise_generator: torch.Generator | None = None) -> torch.Tensor:
-        """Apply sampled parameters to a batch ``(B, C, H, W)`` in [0, 1]; returns normalised views.
+        """Apply sampled parameters to a batch ``(B, C, H, W)`` in [0, 1]; returns the views (not normalised).
 
         Args:
             images: the batch, on any device.
@@ -169,7 +162,7 @@ class CXRViewAugment:
         if bool((t["noise"] > 0).any()):
             eps = torch.randn(x.shape, generator=noise_generator, device=dev, dtype=x.dtype)
             x = x + eps * t["noise"].view(b, 1, 1, 1)
-        return (x - self.mean) / self.std
+        return x
 
     def __call__(self, images: torch.Tensor, rng: np.random.RandomState,
                  noise_generator: torch.Generator | None = None) -> torch.Tensor:
@@ -195,7 +188,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 class RandCXRView(Randomizable, Transform):
-    """One random SSL view of one image ``(C, H, W)`` in [0, 1] (array transform).
+    """One random SSL view of one image ``(C, H, W)`` in [0, 1] (array transform); not normalised.
 
     Args:
         augment: the augmentation (a :class:`CXRViewAugment`), or keyword arguments for one.

@@ -1,6 +1,6 @@
 """The SSL trainer on MONAI/Ignite engines, and its handlers and schedules."""
 
-from .classification import (BestModelHandler, ClassificationBatch, ModelSelection, NonFiniteLossCheck,
+from .classification import (BestModelHandler, ModelSelection, NonFiniteLossCheck,
                              export_torchscript, fit_classifier, load_trained_classifier, read_model_info,
                              trained_model_file)
 from .checkpoint import ClassifierCheckpoint, SSLCheckpoint, TrainingCheckpoint, tensorboard_writer

@@ -1,7 +1,8 @@
 """Pieces that turn MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` into the CXR classifier workflow.
 
-- :class:`ClassificationBatch`: the engines' ``prepare_batch``: normalised (and, when training
-  end to end, augmented on the device) images and target vectors;
+The engines' ``prepare_batch`` is the package's one :class:`~monai_cxrssl.data.ViewBatch` (normalised images and
+target vectors; augmented on the device when training end to end, with :func:`~monai_cxrssl.data.single_view`).
+
 - :class:`BestModelHandler`: on the validator, keeps the best model by validation AUC (written
   atomically with a JSON of what it is), and stops early after ``patience`` epochs without gain;
 - :class:`ModelSelection`: on the trainer, validates each epoch, or without validation data keeps
@@ -18,63 +19,19 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ignite.engine import Engine, Events
 
 from monai_cxrssl.checkpoints import BACKBONE_EXPORT, atomic_save, read_checkpoint
-from monai_cxrssl.data.views import PIXEL_MEAN, PIXEL_STD, CXRViewAugment
 from monai_cxrssl.exceptions import CheckpointError, NonFiniteLossError
 from monai_cxrssl.utils import atomic_write
 
-__all__ = ["ClassificationBatch", "BestModelHandler", "ModelSelection", "NonFiniteLossCheck", "fit_classifier", "HEAD_INITS", "load_trained_classifier", "read_model_info", "trained_model_file", "export_torchscript", "MODEL_INFO"]
+__all__ = ["BestModelHandler", "ModelSelection", "NonFiniteLossCheck", "fit_classifier", "HEAD_INITS", "load_trained_classifier", "read_model_info", "trained_model_file", "export_torchscript", "MODEL_INFO"]
 
 logger = logging.getLogger(__name__)
 
 MODEL_INFO = "model_info.json"
-
-
-class ClassificationBatch:
-    """``prepare_batch`` for MONAI engines: ``(images, targets)`` on the device.
-
-    Args:
-        augment: augmentation applied to the whole batch on the device (it also normalises), or
-            ``None`` for evaluation: then images are only normalised.
-        mean, std: normalisation when ``augment`` is ``None`` (:data:`~monai_cxrssl.data.views.PIXEL_MEAN`,
-            ``PIXEL_STD``: the SSL views' own).
-        image_key, target_key: batch keys; a batch without ``target_key`` gives ``None`` targets.
-        seed: seed of the augmentation; each call draws from ``(seed, call number)``, and the call
-            counter is part of :meth:`state_dict` so that a resumed run continues the sequence.
-    """
-
-    def __init__(self, augment: CXRViewAugment | None = None, mean: float = PIXEL_MEAN, std: float = PIXEL_STD,
-                 image_key: str = "image", target_key: str = "target", seed: int = 0):
-        self.augment = augment
-        self.mean, self.std = float(mean), float(std)
-        self.image_key, self.target_key = image_key, target_key
-        self.seed = int(seed)
-        self.calls = 0
-
-    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
-        x = torch.as_tensor(batchdata[self.image_key]).to(device, non_blocking=non_blocking)
-        if x.ndim == 2:  # precomputed features (linear probing): nothing to augment or normalise
-            pass
-        elif self.augment is not None:
-            s = np.random.SeedSequence([self.seed, self.calls]).generate_state(2)
-            gen = torch.Generator(device=x.device).manual_seed(int(s[1]))
-            x = self.augment(x, np.random.RandomState(int(s[0])), gen)
-            self.calls += 1
-        else:
-            x = (x.float() - self.mean) / self.std
-        y = batchdata.get(self.target_key)
-        return x, (None if y is None else torch.as_tensor(y).to(device, non_blocking=non_blocking))
-
-    def state_dict(self) -> dict:
-        return {"calls": self.calls}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.calls = int(state["calls"])
 
 
 class BestModelHandler:

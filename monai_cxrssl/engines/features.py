@@ -13,7 +13,7 @@ import torch
 from monai.data import list_data_collate
 from torch.utils.data import DataLoader, Dataset
 
-from monai_cxrssl.engines.classification import ClassificationBatch
+from monai_cxrssl.data.view_batch import ViewBatch
 from monai_cxrssl.utils import as_bool
 
 __all__ = ["FeatureDataset", "probe_inputs"]
@@ -27,7 +27,7 @@ class FeatureDataset(Dataset):
     Args:
         dataset: yields dictionaries with preprocessed images in [0, 1].
         network: a :class:`~monai_cxrssl.networks.CXRClassifier`.
-        prepare_batch: turns a batch into normalised images (``ClassificationBatch()``).
+        prepare_batch: turns a batch into normalised images (default ``ViewBatch()``: normalised, not augmented).
         batch_size, device: for the one pass over the data.
         inferer: runs ``network.features`` (e.g. :class:`~monai_cxrssl.engines.FastInferer` for the
             fast path); called directly when omitted.
@@ -36,7 +36,7 @@ class FeatureDataset(Dataset):
 
     def __init__(self, dataset, network, prepare_batch=None, batch_size: int = 64, device=None,
                  image_key: str = "image", inferer=None, progress: bool = False):
-        prepare_batch = prepare_batch or ClassificationBatch()
+        prepare_batch = prepare_batch or ViewBatch()
         device = device or next(network.parameters()).device
         was_training = network.training
         network.eval()

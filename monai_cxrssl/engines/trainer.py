@@ -2,12 +2,11 @@
 
 The iteration, readable in one sitting:
 
-1. take the batch of preprocessed radiographs ``(B, 1, H, W)`` to the device;
-2. make ``method.num_views`` augmented views of it, batched on the device, with random
-   parameters drawn from a state seeded by ``(seed, rank, iteration)``: a run resumed from a
-   checkpoint sees exactly the views the uninterrupted run would have seen. Each view may have
-   its own augmentation (DINO's global and local crops) and its own source image
-   (``method.view_keys``: MICLe's second image of the same patient);
+1. the run's :class:`~monai_cxrssl.data.ViewBatch` (MONAI's ``prepare_batch``) makes the method's views of the
+   batch: the named recipe (:func:`~monai_cxrssl.data.two_views`, :func:`~monai_cxrssl.data.multi_crop`,
+   :func:`~monai_cxrssl.data.pair_views`) says which batch key each view comes from and how it is augmented;
+   batched on the device, normalised once, with random parameters drawn from ``(seed, rank, iteration)``: a run
+   resumed from a checkpoint sees exactly the views the uninterrupted run would have seen;
 3. ``method(views)`` returns the loss (and other scalars to log), under autocast when a
    reduced precision is chosen (the fast path: see :mod:`monai_cxrssl.engines.precision`);
 4. a non-finite loss stops training with :class:`~monai_cxrssl.exceptions.NonFiniteLossError`;
@@ -35,7 +34,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from ignite.engine import Events
 from torch.nn.parallel import DistributedDataParallel
@@ -45,8 +43,9 @@ from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer, SimpleInferer
 
+from monai_cxrssl.data.view_batch import View, ViewBatch
 from monai_cxrssl.data.views import CXRViewAugment
-from monai_cxrssl.distributed import Heartbeat, describe_silent_ranks, get_rank, is_distributed
+from monai_cxrssl.distributed import Heartbeat, describe_silent_ranks, is_distributed
 from monai_cxrssl.engines.precision import (autocast, check_bf16_training, grad_scaler, resolve_compile,
                                             resolve_precision, to_channels_last)
 from monai_cxrssl.engines.schedules import RunSchedule, ScheduleTable
@@ -65,13 +64,15 @@ class SSLTrainer(Trainer):
     Args:
         device: training device.
         max_epochs: number of epochs.
-        train_data_loader: yields dictionaries with ``image_key`` -> ``(B, 1, H, W)`` in [0, 1].
+        train_data_loader: yields dictionaries of ``(B, 1, H, W)`` images in [0, 1] under the keys the views read.
         method: the SSL method (holds the backbone and all trained state).
         optimizer: optimiser over ``method``'s parameters.
-        views: the view augmentation, applied to the batch on ``device``; or one per view
-            (``method.num_views`` of them).
-        image_key: key of the image in each batch.
-        seed: seed of the view randomness.
+        views: how the batch becomes ``method.num_views`` views: a :class:`~monai_cxrssl.data.ViewBatch` (the
+            bundles' ``train#prepare_batch``, made from a named recipe), or a recipe (a list of
+            :class:`~monai_cxrssl.data.View`), or one :class:`~monai_cxrssl.data.CXRViewAugment` for every view of
+            ``image_key``, or a list of them (one per view), which are made into a ``ViewBatch`` with ``seed``.
+        image_key: key of the image in each batch (for views given as augmentations).
+        seed: seed of the view randomness (for views that are not a ``ViewBatch`` already, which has its own).
         precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (see :func:`resolve_precision`).
         channels_last: convolution-friendly memory layout for the network and the views.
         compile: run the method through ``torch.compile`` (its state stays in ``method``): true for
@@ -101,7 +102,7 @@ class SSLTrainer(Trainer):
         train_data_loader,
         method: SSLMethod,
         optimizer: Optimizer,
-        views: CXRViewAugment | Sequence[CXRViewAugment],
+        views: ViewBatch | Sequence[View | CXRViewAugment] | CXRViewAugment,
         image_key: str = "image",
         seed: int = 0,
         precision: str = "fp32",
@@ -116,29 +117,34 @@ class SSLTrainer(Trainer):
         schedule: RunSchedule | None = None,
     ):
         device = torch.device(device)
+        if not isinstance(views, ViewBatch):
+            if isinstance(views, CXRViewAugment):
+                views = [views] * method.num_views
+            views = ViewBatch(list(views), seed=seed, image_key=image_key, target_key=None)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
             data_loader=train_data_loader,
             epoch_length=epoch_length,
             non_blocking=non_blocking,
+            prepare_batch=views,
             handlers=handlers,
             decollate=False,
         )
         self.method = method.to(device)
         self.optimizer = optimizer
-        self.views = list(views) if isinstance(views, (list, tuple)) else [views] * method.num_views
-        if len(self.views) != method.num_views:
-            raise ValueError(f"method '{method.name}' takes {method.num_views} views; {len(self.views)} "
-                             f"augmentations were given")
-        self.view_keys = list(method.view_keys or [image_key] * method.num_views)
+        #: the run's views (MONAI's ``prepare_batch``): it follows this engine's iteration
+        self.views: ViewBatch = views
+        if len(views.views) != method.num_views:
+            raise ValueError(f"method '{method.name}' takes {method.num_views} views; the view recipe makes "
+                             f"{len(views.views)}")
+        views.attach(self)
         self.batch_scalars = list(batch_scalars)
         self.inferer = SimpleInferer() if inferer is None else inferer
-        self.image_key = image_key
-        self.seed = int(seed)
+        self.seed = views.seed
         # auto's bf16 is not kept for views that meet this CPU's bf16 convolution defect (see precision.py)
         self.precision = check_bf16_training(resolve_precision(precision, device), precision, self.method.backbone,
-                                             {v.out_size for v in self.views}, device, f"'{method.name}' training")
+                                             views.out_sizes, device, f"'{method.name}' training")
         self.channels_last = as_bool(channels_last, "channels_last")
         logger.info("'%s' trains in %s%s%s on %s", method.name, self.precision,
                     f" (precision {precision})" if precision != self.precision else "",
@@ -185,19 +191,6 @@ class SSLTrainer(Trainer):
                              f"{total} ({engine.state.max_epochs} epochs of {engine.state.epoch_length}): build the "
                              f"schedule with total_steps = epochs x iterations per epoch")
 
-    def _view_rng(self, iteration: int) -> tuple[np.random.RandomState, torch.Generator]:
-        s = np.random.SeedSequence([self.seed, get_rank(), iteration]).generate_state(2)
-        gen = torch.Generator(device=self.state.device).manual_seed(int(s[1]))
-        return np.random.RandomState(int(s[0])), gen
-
-    def _images(self, batchdata: dict, key: str, device) -> torch.Tensor:
-        if key not in batchdata:
-            raise KeyError(f"batch has no '{key}' key; keys are {sorted(batchdata)}")
-        x = torch.as_tensor(batchdata[key]).to(device, non_blocking=self.non_blocking)
-        if x.ndim != 4:
-            raise ValueError(f"expected a batch (B, C, H, W) under '{key}', got {tuple(x.shape)}")
-        return x
-
     def _iteration(self, engine: SSLTrainer, batchdata: dict) -> dict[str, torch.Tensor]:
         try:
             return self._step(engine, batchdata)
@@ -209,10 +202,7 @@ class SSLTrainer(Trainer):
             raise SilentRankError(silent) from e
 
     def _step(self, engine: SSLTrainer, batchdata: dict) -> dict[str, torch.Tensor]:
-        device = engine.state.device
-        sources = {k: self._images(batchdata, k, device) for k in dict.fromkeys(self.view_keys)}
-        rng, gen = self._view_rng(engine.state.iteration)
-        views = [aug(sources[k], rng, gen) for aug, k in zip(self.views, self.view_keys)]
+        views = self.views.make_views(batchdata, engine.state.device, self.non_blocking, engine.state.iteration)
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
 

@@ -54,11 +54,9 @@ class SSLMethod(nn.Module):
     """
 
     name: str = "ssl"
-    #: how many augmented views of each image the trainer produces
+    #: how many views the method takes (its bundle's view recipe makes them; which batch key each view comes
+    #: from is the recipe's business, not the method's: MICLe's partner image is :func:`~monai_cxrssl.data.pair_views`)
     num_views: int = 2
-    #: batch key each view is made from (``None``: every view from the trainer's image key).
-    #: MICLe makes its second view from another image of the same patient.
-    view_keys: tuple[str, ...] | None = None
 
     def __init__(self, backbone: Backbone, init_weights: str | None = "", init_strict: bool = True):
         super().__init__()

@@ -4,7 +4,8 @@ A student (backbone + :class:`~monai_cxrssl.networks.DINOHead`) learns to match 
 exponential moving average of the student, across crops of one radiograph:
 
 - views: 2 global crops (``scale`` 0.4-1) and ``n_local_crops`` smaller local crops
-  (0.05-0.4), made by the trainer (one :class:`~monai_cxrssl.data.CXRViewAugment` per view);
+  (0.05-0.4), made by the trainer's :class:`~monai_cxrssl.data.ViewBatch` from the recipe
+  :func:`~monai_cxrssl.data.multi_crop`;
 - the teacher sees the 2 global crops; the student sees all of them, one backbone pass per
   crop size (crops of one size are concatenated), then one head pass;
 - :class:`~monai_cxrssl.losses.DINOLoss`: cross-entropy between the centred, sharpened teacher
@@ -24,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from monai_cxrssl.data.view_batch import local_crop_size  # (its home is the view recipes; kept importable here)
 from monai_cxrssl.losses.dino import DINOLoss
 from monai_cxrssl.methods.base import SSLMethod
 from monai_cxrssl.networks.backbones import Backbone
@@ -32,16 +34,6 @@ from monai_cxrssl.ramps import Ramp
 
 __all__ = ["DINO", "local_crop_size"]
 
-
-def local_crop_size(image_size: int, ratio: float = 96 / 224, multiple: int = 16) -> int:
-    """DINO's local crop size for global crops of ``image_size``: the paper's 96/224 ratio, rounded to ``multiple``.
-
-    224 -> 96 (the paper), 128 -> 48, 64 -> 32; at least ``multiple``.
-    """
-    if int(image_size) < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
-    m = int(multiple)
-    return max(m, int(round(float(ratio) * int(image_size) / m)) * m)
 
 class DINO(SSLMethod):
     """DINO.

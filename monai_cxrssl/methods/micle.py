@@ -1,10 +1,10 @@
 """MICLe (Azizi et al. 2021): SimCLR whose positive pair is two different images of one patient.
 
 The method is SimCLR's (backbone, projection head, the one NT-Xent implementation); what
-changes is where the second view comes from: ``image_pair``, another radiograph of the same
+changes is the data: the second view is made from ``image_pair``, another radiograph of the same
 patient drawn by :class:`~monai_cxrssl.data.MultiInstanceBatchSampler` (the image itself for a
-patient with one image). The sampler also keeps images of one patient out of each other's
-negatives.
+patient with one image), through the view recipe :func:`~monai_cxrssl.data.pair_views` that the
+bundle names. The sampler also keeps images of one patient out of each other's negatives.
 """
 
 from __future__ import annotations
@@ -18,4 +18,3 @@ class MICLe(SimCLR):
     """MICLe: SimCLR on multi-instance pairs (arguments as :class:`SimCLR`)."""
 
     name = "micle"
-    view_keys = ("image", "image_pair")

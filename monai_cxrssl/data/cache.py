@@ -1,8 +1,4 @@
-"""From a data source to a cached dataset and a training DataLoader.
-
-``training_items`` decides what to train on: a datalist JSON, a dataset folder (layout
-detected by :func:`~monai_cxrssl.data.datalist.build_datalist`), or, when neither is given,
-the embedded SYNTHETIC demo phantoms. Entries are checked up front (keys, files).
+"""Decoded and preprocessed radiographs, kept once: in memory, and optionally on disk.
 
 :class:`CXRCacheDataset` decodes and preprocesses every image once, when it is built (before
 training starts): a corrupt file fails there, naming the file, or, with
@@ -20,25 +16,20 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 
 from monai.data import CacheDataset, MetaTensor
 from monai.transforms import Compose, RandomizableTrait, Transform
 
-from monai_cxrssl.data.datalist import build_datalist, check_datalist, datalist_from_image_folder, load_datalist
-from monai_cxrssl.data.phantoms import demo_datalist_path, write_demo_dataset
-from monai_cxrssl.distributed import get_rank, get_world_size
 from monai_cxrssl.checkpoints import atomic_save
 from monai_cxrssl.exceptions import CXRReadError, DatalistError
 from monai_cxrssl.utils import as_bool
 
-__all__ = ["resolve_datalist", "training_items", "inference_items", "CXRCacheDataset", "ssl_dataloader"]
+__all__ = ["CXRCacheDataset", "to_cache_record", "from_cache_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,83 +37,6 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = 2
 _META = "__cxrssl_metatensor__"
 _NDARRAY = "__cxrssl_ndarray__"
-
-
-def resolve_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str | os.PathLike | None = None,
-                     demo_dir: str | os.PathLike | None = None, demo_seed: int = 0) -> tuple[dict, str]:
-    """The whole datalist of a data source, and a description of the source.
-
-    Args:
-        dataset_dir: a dataset folder (class folders, ``labels.csv``, DICOM files or a ``datalist.json``).
-        datalist: a MONAI datalist JSON; takes precedence over ``dataset_dir``.
-        demo_dir: where to write the SYNTHETIC demo set when neither source is given (logged as such).
-        demo_seed: seed of that demo set (another seed gives other synthetic patients).
-    """
-    if datalist:
-        return load_datalist(datalist, keys=None), str(datalist)
-    if dataset_dir:
-        return build_datalist(dataset_dir), str(dataset_dir)
-    if demo_dir is None:
-        raise DatalistError("no data given: set dataset_dir or datalist (or demo_dir for the synthetic demo)")
-    logger.warning(
-        "No dataset_dir or datalist given: using SYNTHETIC chest X-ray phantoms written to %s. "
-        "They exist so the bundle runs on a fresh machine; results on them mean nothing clinically. "
-        "Pass --dataset_dir or --datalist for real data.", demo_dir)
-    if get_rank() == 0:
-        write_demo_dataset(demo_dir, seed=demo_seed)
-    if get_world_size() > 1:  # the other processes read it once rank 0 has written it
-        torch.distributed.barrier()
-    return load_datalist(demo_datalist_path(demo_dir), keys=None), f"{demo_dir} (synthetic demo)"
-
-
-def training_items(dataset_dir: str | os.PathLike | None = None, datalist: str | os.PathLike | None = None,
-                   demo_dir: str | os.PathLike | None = None, split: str = "training",
-                   required_keys: Sequence[str] = ("image",)) -> list[dict]:
-    """The checked list of entries to train on (see :func:`resolve_datalist` for the sources).
-
-    Args:
-        split: which list of the datalist (``training`` for pretraining: never the test set).
-        required_keys: keys every entry must have.
-
-    Raises:
-        DatalistError: empty list, missing keys or files, unknown split.
-    """
-    dl, source = resolve_datalist(dataset_dir, datalist, demo_dir)
-    if split not in dl:
-        raise DatalistError(f"datalist from '{source}' has no '{split}' list; it has {sorted(k for k in dl if isinstance(dl[k], list))}")
-    return check_datalist(dl[split], required_keys=required_keys, check_files=True, source=f"{source}:{split}")
-
-
-def inference_items(source: str | os.PathLike, split: str = "test",
-                    demo_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Entries to predict on: every radiograph below a folder, or one list of a datalist JSON.
-
-    Args:
-        source: a folder (PNG/JPEG/NIfTI/DICOM files, searched recursively) or a datalist JSON.
-        split: the datalist's list to use (``training``, ``validation``, ``test``), or ``all``.
-        demo_dir: without ``source``, the SYNTHETIC demo set there (written if missing; logged as
-            such) is used, so that the bundle's defaults run after a demo training run.
-    """
-    if not source:
-        if demo_dir is None:
-            raise DatalistError("no input given: set input to a folder of radiographs or a datalist JSON")
-        resolve_datalist(None, None, demo_dir)  # writes the demo set if missing, and says it is synthetic
-        logger.warning("no input given: predicting on the SYNTHETIC demo set's '%s' list in %s (pass --input "
-                       "with a folder of radiographs or a datalist JSON for real images)", split, demo_dir)
-        source = demo_datalist_path(demo_dir)
-    path = Path(source)
-    if path.is_file() and path.suffix.lower() == ".json":
-        dl = load_datalist(path, keys=None)
-        lists = [k for k in ("training", "validation", "test") if isinstance(dl.get(k), list)]
-        if split != "all" and split not in lists:
-            raise DatalistError(f"datalist '{path}' has no '{split}' list; it has {lists} (or use split 'all')")
-        items = [e for k in (lists if split == "all" else [split]) for e in dl[k]]
-    elif path.is_dir():
-        items = datalist_from_image_folder(path)["training"]
-    else:
-        raise DatalistError(f"input '{path}' is neither a folder nor a datalist .json file")
-    items = check_datalist(items, required_keys=("image",), check_files=True, source=str(path))
-    return [{"patient_id": "", **e} for e in items]
 
 
 class CXRCacheDataset(CacheDataset):
@@ -162,6 +76,12 @@ class CXRCacheDataset(CacheDataset):
         if self.cache_dir is not None:
             logger.info("disk cache %s: %d of %d item(s) read from it, the rest decoded and written",
                         self.cache_dir, self.disk_hits, len(self._cache))
+
+    def item_values(self, key: str) -> list:
+        """``key``'s value in each cached item (``None`` where an item has none), without copying the items: e.g.
+        MICLe's patient ids, aligned with the images whatever was skipped as unreadable."""
+        cached = [item.get(key) if isinstance(item, dict) else None for item in self._cache]
+        return cached + [self[i].get(key) for i in range(len(cached), len(self))]  # (a cache_rate below 1)
 
     def _disk_path(self, item: dict) -> Path:
         stat = ()
@@ -305,23 +225,3 @@ def _find_cause(err: BaseException, kind: type) -> BaseException | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
-
-
-def ssl_dataloader(dataset, batch_size: int, seed: int = 0, num_workers: int = 0, drop_last: bool = True,
-                   **kwargs) -> DataLoader:
-    """Shuffling DataLoader whose order depends only on ``(seed, epoch)``, and sharded across processes.
-
-    It uses a ``DistributedSampler`` in every case (one replica in a single process); MONAI's
-    engines call its ``set_epoch`` at each epoch, so a resumed run reproduces the order.
-    """
-    if len(dataset) == 0:
-        raise DatalistError("the training dataset is empty")
-    world = get_world_size()
-    if len(dataset) < batch_size * world and drop_last:
-        raise DatalistError(f"the training dataset has {len(dataset)} images, fewer than one batch "
-                            f"({batch_size} x {world} process(es)); lower batch_size")
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=get_rank(), shuffle=True, seed=seed,
-                                 drop_last=drop_last)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=num_workers > 0, **kwargs)
