@@ -6,13 +6,15 @@ learning-rate schedule, checkpointing and resumption, logging, multi-process tra
 
 - ``train.json``: every key a pretraining run needs except the method's own;
 - ``multi_gpu_train.json``: the ``torchrun`` overlay (identical for every method);
+- ``image_store.json``: the overlay that trains from a persistent image store
+  (:class:`~monai_cxrssl.data.CXRStoreDataset`) instead of the in-memory cache (identical for every method);
 - ``inference.json``: the encoder's embeddings of a folder or datalist.
 
 A bundle's ``configs/method.json`` holds only what is specific to its method: its settings
 (``learning_rate``, ``temperature``, ``queue_size``...), ``network_def``, its views, what its
 checkpoint records to refuse a resume with other settings (``train#checkpoint_metadata``), and any
 other key of the shared train.json it changes. This module writes each bundle's own
-``configs/train.json``, ``multi_gpu_train.json`` and ``inference.json`` from the two, so that every
+``configs/train.json``, ``multi_gpu_train.json``, ``inference.json`` and ``image_store.json`` from the two, so that every
 bundle folder stays self-contained (the MONAI model zoo takes a bundle folder as it is, and the main
 command is ``python -m monai.bundle run --config_file bundles/simclr_cxr/configs/train.json``)::
 
@@ -43,7 +45,7 @@ __all__ = ["SHARED_DIR", "METHOD_FILE", "merge", "generated_configs", "sync"]
 
 SHARED_DIR = REPO_ROOT / "bundles" / "_shared_ssl"
 METHOD_FILE = "method.json"
-GENERATED = ("train.json", "multi_gpu_train.json", "inference.json")
+GENERATED = ("train.json", "multi_gpu_train.json", "inference.json", "image_store.json")
 
 
 #: new top-level keys go just before the first of these in the shared file (among the settings)
@@ -90,7 +92,7 @@ def generated_configs(bundle: Path, shared_dir: Path = SHARED_DIR) -> dict[str, 
     train = merge(_read(shared_dir / "train.json"), {**root, **specific})
     inference = merge(_read(shared_dir / "inference.json"), {**root, "backbone": train["backbone"]})
     configs = {"train.json": train, "multi_gpu_train.json": _read(shared_dir / "multi_gpu_train.json"),
-               "inference.json": inference}
+               "inference.json": inference, "image_store.json": _read(shared_dir / "image_store.json")}
     return {name: json.dumps(c, indent=4) + "\n" for name, c in configs.items()}
 
 

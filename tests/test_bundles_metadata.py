@@ -210,10 +210,11 @@ def test_classifier_train_workflow_properties(tmp_path):
     assert config["validate"]["evaluator"]["key_val_metric"] == "@validate#key_metric"
 
 
-@pytest.mark.parametrize("overlay", ["train.json", "multi_gpu_train.json"])
+@pytest.mark.parametrize("overlay", ["train.json", "multi_gpu_train.json", "image_store.json"])
 @pytest.mark.parametrize("bundle", SSL_BUNDLES, ids=lambda p: p.name)
 def test_pretraining_train_workflow_properties(bundle, overlay, tmp_path):
-    """Each pretraining bundle's train workflow, alone and with its torchrun overlay, has every property MONAI's
+    """Each pretraining bundle's train workflow, alone, with its torchrun overlay and with its image-store overlay,
+    has every property MONAI's
     train workflow expects (``train#inferer``, ``train#handlers``, ...), and the trainer uses ``train#inferer``;
     the rank-0-only handlers are disabled, not sliced, on other ranks."""
     from monai.bundle import ConfigWorkflow

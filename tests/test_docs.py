@@ -458,7 +458,13 @@ def _check(result: Result, argv_as_written: list[str]) -> None:
     training = [c for c in configs if c.endswith(("train.json", "multi_gpu_train.json"))] and not any(
         c.endswith(("evaluate.json", "evaluate_shift.json")) for c in configs)
     probe = _setting(argv_as_written, "mode") == "linear" and _setting(argv_as_written, "linear_solver") != "adamw"
-    if "monai.bundle" in argv_as_written and training and probe:  # the logistic probe: features, then seconds
+    if "monai.bundle" in argv_as_written and "build_store" in argv_as_written:  # the image store, no training
+        assert re.search(r"image store \S+:\s+\d+%\|", result.output), \
+            _fail(result, "building an image store shows its progress bar (on by default)")
+        store = result.cwd / _setting(argv_as_written, "store_dir") / "store.json"
+        assert store.is_file() and store.stat().st_mtime >= result.wall_started - 1, \
+            _fail(result, f"the command should have written {store}")
+    elif "monai.bundle" in argv_as_written and training and probe:  # the logistic probe: features, then seconds
         assert re.search(r"backbone features of \d+ images:\s+\d+%\|", result.output), \
             _fail(result, "a linear probe shows the progress of its feature pass (on by default)")
         assert "logistic probe on" in result.output, _fail(result, "a linear probe reports its fit")

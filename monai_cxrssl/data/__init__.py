@@ -14,6 +14,7 @@ _EXPORTS = {
     "sources": ["inference_items", "resolve_datalist", "training_items"],
     "cache": ["CXRCacheDataset"],
     "loaders": ["ssl_dataloader"],
+    "store": ["CXRImageStore", "CXRStoreDataset", "build_store"],
     "classification": ["ClassificationData"],
     "io": ["parse_dicom", "read_cxr", "read_dicom_header"],
     "multi_instance": ["MultiInstanceBatchSampler", "MultiInstancePairs", "group_ids", "item_groups",

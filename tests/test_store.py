@@ -1,0 +1,172 @@
+"""The persistent image store (data/store.py): the same images as the in-memory cache within its quantisation, a
+killed build that resumes, changed files and settings rebuilt, unreadable files named or counted, and the
+pretraining bundles training from it through their image_store.json overlay."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai.transforms import Compose, SelectItemsd
+from store_build import entries, preprocessing
+
+from monai_cxrssl.data import (CXRCacheDataset, CXRImageStore, CXRStoreDataset, LoadCXRd, ResizeCXRd, build_store,
+                               datalist_from_dicom_folder, item_groups)
+from monai_cxrssl.exceptions import CXRReadError, DatalistError
+
+HERE = Path(__file__).parent
+
+
+def _pngs(folder: Path, n: int, size: int = 24, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(folder / f"p{i // 2:04d}_{i:04d}.png")
+    return folder
+
+
+def _status(store: Path) -> np.ndarray:
+    return np.fromfile(store / "status.bin", dtype=np.uint8)
+
+
+@pytest.mark.parametrize("dtype, step", [("uint8", 1 / 255), ("uint16", 1 / 65535)])
+def test_store_gives_the_cached_images_within_its_quantisation(tmp_path, dicom_dir, kermany_dir, dtype, step):
+    # real radiographs: DICOM (JPEG, JPEG 2000, MONOCHROME1 and 2, 8-15 bit) and Kermany JPEGs
+    jpegs = sorted((kermany_dir / "test").rglob("*.jpeg"))[:4]
+    items = datalist_from_dicom_folder(dicom_dir)["training"] + [{"image": str(p), "patient_id": p.stem} for p in jpegs]
+    transform = Compose([LoadCXRd(keys="image"), ResizeCXRd(keys="image", size=64),
+                         SelectItemsd(keys=["image", "patient_id"], allow_missing_keys=True)])
+    cached = CXRCacheDataset(items, transform, num_workers=1)
+    stored = CXRStoreDataset(items, transform, tmp_path / "store", dtype=dtype, num_workers=2, progress=False)
+    assert len(stored) == len(items) and stored.store.shape == (1, 64, 64)
+    for i in range(len(items)):
+        a, b = torch.as_tensor(cached[i]["image"]).float(), stored[i]["image"]
+        assert b.dtype == torch.float32 and b.shape == a.shape
+        assert float((a - b).abs().max()) <= step / 2 + 1e-6, items[i]["image"]
+        assert stored[i].get("patient_id") == cached[i].get("patient_id")
+    record = np.dtype(dtype).itemsize * 64 * 64
+    assert (tmp_path / "store" / "images.bin").stat().st_size == record * len(items)
+    assert item_groups(stored) == [e.get("patient_id") or f"__single_{i}" for i, e in enumerate(items)]
+
+
+def test_a_killed_build_resumes_with_the_images_it_had_not_written(tmp_path, caplog):
+    images = _pngs(tmp_path / "images", 320)
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, str(HERE / "store_build.py"), str(images), str(store), "0.02"],
+                            cwd=HERE, env={**os.environ, "PYTHONPATH": str(HERE)})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (store / "status.bin").is_file() and 64 <= int((_status(store) == 1).sum()) < 320:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # as kill -9 would
+    proc.wait()
+    written = int((_status(store) == 1).sum())
+    assert 64 <= written < 320, f"the build was not caught half-way ({written} of 320 written)"
+
+    with caplog.at_level(logging.INFO, logger="monai_cxrssl.data.store"):
+        build_store(entries(images), preprocessing(), store, num_workers=2, progress=False)
+    assert f"{written} of 320 image(s) already there, {320 - written} to decode" in caplog.text
+    resumed = CXRImageStore(store)
+    fresh = CXRImageStore(build_store(entries(images), preprocessing(), tmp_path / "fresh", num_workers=0,
+                                      progress=False))
+    assert len(resumed) == len(fresh) == 320
+    assert all(np.array_equal(resumed.read(i), fresh.read(i)) for i in range(320))
+
+
+def test_a_changed_image_is_decoded_again_and_other_settings_rebuild(tmp_path, caplog):
+    images = _pngs(tmp_path / "images", 8)
+    store = tmp_path / "store"
+    build_store(entries(images), preprocessing(), store, num_workers=0, progress=False)
+    before = CXRImageStore(store).read(3).copy()
+    changed = sorted(images.glob("*.png"))[3]
+    Image.fromarray(np.full((24, 24), 200, dtype=np.uint8)).save(changed)
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))  # a different modification time for certain
+    with caplog.at_level(logging.INFO, logger="monai_cxrssl.data.store"):
+        build_store(entries(images), preprocessing(), store, num_workers=0, progress=False)
+    assert "1 source file(s) changed" in caplog.text and "7 of 8 image(s) already there, 1 to decode" in caplog.text
+    after = CXRImageStore(store).read(3)
+    assert not np.array_equal(before, after) and int(after.min()) == int(after.max()) == 200
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="monai_cxrssl.data.store"):
+        build_store(entries(images), preprocessing(size=20), store, num_workers=0, progress=False)
+    assert "built with other transform: rebuilding it" in caplog.text and CXRImageStore(store).shape == (1, 20, 20)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="monai_cxrssl.data.store"):
+        build_store(entries(images)[:6], preprocessing(size=20), store, num_workers=0, progress=False)
+    assert "rebuilding it" in caplog.text and len(CXRImageStore(store)) == 6
+
+
+def test_unreadable_images_are_named_or_counted_and_bad_input_refused(tmp_path, caplog):
+    images = _pngs(tmp_path / "images", 6)
+    bad = sorted(images.glob("*.png"))[2]
+    bad.write_bytes(b"not a png")
+    with pytest.raises(CXRReadError, match=bad.name):
+        build_store(entries(images), preprocessing(), tmp_path / "strict", num_workers=0, progress=False)
+    with caplog.at_level(logging.WARNING, logger="monai_cxrssl.data.store"):
+        ds = CXRStoreDataset(entries(images), preprocessing(), tmp_path / "lenient", skip_unreadable=True,
+                             num_workers=2, progress=False)
+    assert len(ds) == 5 and "skipped 1 unreadable image(s) of 6" in caplog.text and bad.name in caplog.text
+    assert str(bad) not in [e["image"] for e in ds.data]
+    assert item_groups(ds) == [e["patient_id"] for e in entries(images) if e["image"] != str(bad)]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_cxrssl.data.store"):  # the next build remembers it
+        CXRStoreDataset(entries(images), preprocessing(), tmp_path / "lenient", skip_unreadable=True, progress=False)
+    assert "found by an earlier build" in caplog.text
+
+    with pytest.raises(DatalistError, match="empty"):
+        build_store([], preprocessing(), tmp_path / "empty")
+    with pytest.raises(ValueError, match="dtype"):
+        build_store(entries(images), preprocessing(), tmp_path / "x", dtype="float16")
+    with pytest.raises(DatalistError, match="not an image store"):
+        CXRImageStore(tmp_path / "nowhere")
+    (tmp_path / "half").mkdir()
+    store = build_store(entries(images)[3:], preprocessing(), tmp_path / "half", num_workers=0, progress=False)
+    status = _status(store)
+    status[0] = 0
+    status.tofile(store / "status.bin")
+    with pytest.raises(DatalistError, match="incomplete"):
+        CXRImageStore(store)
+
+
+def test_dataloader_workers_read_the_store_through_their_own_file(tmp_path):
+    images = _pngs(tmp_path / "images", 16)
+    ds = CXRStoreDataset(entries(images), preprocessing(), tmp_path / "store", num_workers=0, progress=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+    batches = list(loader)
+    assert torch.equal(torch.cat([b["image"] for b in batches]), torch.stack([ds[i]["image"] for i in range(16)]))
+    assert [p for b in batches for p in b["patient_id"]] == [e["patient_id"] for e in entries(images)]
+
+
+@pytest.mark.slow
+def test_a_pretraining_bundle_trains_from_the_store_and_resumes(tmp_path):
+    from runner import run_bundle
+
+    from monai_cxrssl.paths import REPO_ROOT
+
+    configs = REPO_ROOT / "bundles" / "micle_cxr" / "configs"
+    config = f"['{configs / 'train.json'}','{configs / 'image_store.json'}']"
+    small = ["--image_size", "32", "--batch_size", "8", "--backbone", "resnet10", "--progress", "false",
+             "--cache_workers", "2", "--store_dir", tmp_path / "store"]
+    out = tmp_path / "run"
+    run_bundle(config, out, "--epochs", "1", *small)
+    meta = json.loads((tmp_path / "store" / "store.json").read_text())
+    assert meta["shape"] == [1, 32, 32] and meta["keep_keys"] == ["patient_id"] and meta["dtype"] == "uint8"
+    written = (tmp_path / "store" / "images.bin").stat().st_mtime_ns
+    run_bundle(config, out, "--epochs", "2", "--resume", "true", *small)
+    assert (tmp_path / "store" / "images.bin").stat().st_mtime_ns == written  # the second run decoded nothing
+    from monai_cxrssl.checkpoints import read_checkpoint
+
+    assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
