@@ -170,3 +170,21 @@ def test_a_pretraining_bundle_trains_from_the_store_and_resumes(tmp_path):
     from monai_cxrssl.checkpoints import read_checkpoint
 
     assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
+def test_two_ranks_read_disjoint_shards_that_cover_the_store(tmp_path):
+    from torch.utils.data import DistributedSampler
+
+    images = _pngs(tmp_path / "images", 24)
+    ds = CXRStoreDataset(entries(images), preprocessing(), tmp_path / "store", num_workers=0, progress=False)
+    shards, indices = [], []
+    for rank in (0, 1):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        sampler.set_epoch(3)
+        indices.append(list(sampler))
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler)
+        shards.append([p for b in loader for p in b["patient_id"]])
+    assert set(indices[0]).isdisjoint(indices[1]) and sorted(indices[0] + indices[1]) == list(range(24))
+    # what each rank read is its shard's images: together every image once
+    assert shards == [[ds.store.items[i]["patient_id"] for i in shard] for shard in indices]
+    assert sorted(shards[0] + shards[1]) == sorted(e["patient_id"] for e in entries(images))
