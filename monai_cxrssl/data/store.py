@@ -138,8 +138,7 @@ def build_store(data: Sequence[Mapping], transform, store_dir: str | os.PathLike
                 "image_key": image_key, "keep_keys": list(keep_keys), "n": len(entries)}
     items = [{"source": str(e.get(image_key)), "stat": _source_stat(e.get(image_key)),
               **{k: e[k] for k in keep_keys if k in e}} for e in entries]
-    status = _open_status(root, settings, items)
-    shape = _read_json(root / "store.json").get("shape") if status is not None else None
+    status, shape = _open_status(root, settings, items)
     if status is None:  # a new store (or one of other settings or data): start afresh
         status = np.zeros(len(entries), dtype=np.uint8)
         for name in ("images.bin", "status.bin", "store.json", "items.json"):
@@ -233,30 +232,30 @@ def _read_json(path: Path):
         return json.load(f)
 
 
-def _open_status(root: Path, settings: dict, items: list[dict]) -> np.ndarray | None:
-    """The status of an existing store of these settings and sources (changed files set back to pending), or None
-    when there is none to continue (then it is rebuilt, and the reason logged)."""
+def _open_status(root: Path, settings: dict, items: list[dict]) -> tuple[np.ndarray | None, list[int] | None]:
+    """The status and record shape of an existing store of these settings and sources (changed files set back to
+    pending), or ``(None, None)`` when there is none to continue (then it is rebuilt, and the reason logged)."""
     meta_path = root / "store.json"
     if not meta_path.is_file():
-        return None
+        return None, None
     try:
         meta = _read_json(meta_path)
         old_items = _read_json(root / "items.json")
         status = np.fromfile(root / "status.bin", dtype=np.uint8)
     except (OSError, ValueError) as e:
         logger.warning("image store %s is unreadable (%s): rebuilding it", root, e)
-        return None
+        return None, None
     changed = [k for k in settings if meta.get(k) != settings[k]]
     if changed or len(status) != len(items) or [i["source"] for i in old_items] != [i["source"] for i in items]:
         logger.warning("image store %s was built with other %s: rebuilding it", root,
                        ", ".join(changed) if changed else "images")
-        return None
+        return None, None
     stale = [i for i, (old, new) in enumerate(zip(old_items, items)) if old.get("stat") != new["stat"]]
     if stale:
         logger.info("image store %s: %d source file(s) changed since they were stored; decoding them again", root,
                     len(stale))
         status[stale] = _PENDING
-    return status
+    return status, meta.get("shape")
 
 
 def _write_status(root: Path, status: np.ndarray, indices: Sequence[int] | None = None) -> None:

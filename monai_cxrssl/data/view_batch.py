@@ -148,8 +148,8 @@ class ViewBatch:
 
     Called as MONAI's ``prepare_batch(batchdata, device, non_blocking)``, it returns ``(inputs, targets)``: the one
     view's tensor when there is one view, else the list of views. Precomputed features ``(B, D)`` (linear probing)
-    pass through unchanged. The iteration comes from the engine it is attached to (:meth:`attach`; the SSL trainer
-    attaches its own), or from ``iteration=``.
+    pass through unchanged. The iteration comes from ``iteration=`` (the SSL trainer passes its own), or from the
+    engine it is attached to (:meth:`attach`; the classifier's trainer, through :class:`FollowIteration`).
     """
 
     def __init__(self, views: Sequence[View | CXRViewAugment] | View | CXRViewAugment | None = None, seed: int = 0,

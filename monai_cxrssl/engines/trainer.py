@@ -133,12 +133,11 @@ class SSLTrainer(Trainer):
         )
         self.method = method.to(device)
         self.optimizer = optimizer
-        #: the run's views (MONAI's ``prepare_batch``): it follows this engine's iteration
+        #: the run's views (MONAI's ``prepare_batch``), drawn for each iteration the step hands it
         self.views: ViewBatch = views
         if len(views.views) != method.num_views:
             raise ValueError(f"method '{method.name}' takes {method.num_views} views; the view recipe makes "
                              f"{len(views.views)}")
-        views.attach(self)
         self.batch_scalars = list(batch_scalars)
         self.inferer = SimpleInferer() if inferer is None else inferer
         self.seed = views.seed
