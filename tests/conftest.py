@@ -64,15 +64,18 @@ def dicom_dir(shared_data) -> Path:
 # ------------------------------------------------------------------ several processes
 @pytest.fixture(scope="session")
 def two_process_steps(tmp_path_factory) -> Path:
-    """One step of each SSL method (``tests/dist_step.py``) with 2 processes of batch 4 under ``torchrun``, all
-    in one launch: ``<folder>/<method>.pt`` as rank 0 wrote them, and ``<method>_vit.pt`` on a ViT for the
-    methods whose bundle trains one by default."""
-    from runner import torchrun
+    """One step of each SSL method (``tests/dist_step.py``) with 2 processes of batch 4 under ``torchrun``, on 2
+    nodes of one process simulated here (torchrun's c10d rendezvous on loopback), all in one launch:
+    ``<folder>/<method>.pt`` as rank 0 wrote them, and ``<method>_vit.pt`` on a ViT for the methods whose bundle
+    trains one by default."""
+    from runner import torchrun_nodes
     from small_methods import METHODS, default_backbone
 
     out = tmp_path_factory.mktemp("two_processes")
     specs = [*METHODS, *(f"{m}:vit" for m in METHODS if default_backbone(m).startswith("vit"))]
-    torchrun(2, Path(__file__).with_name("dist_step.py"), ",".join(specs), 8, out)
+    here = Path(__file__).parent
+    torchrun_nodes(2, 1, here / "dist_step.py", ",".join(specs), 8, out, cwd=here,
+                   node_env=[{"PYTHONPATH": str(here)}] * 2)
     return out
 
 

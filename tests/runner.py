@@ -124,3 +124,40 @@ def torchrun(nproc: int, *args, **kwargs):
     """``torchrun --standalone --nproc_per_node N ARGS...`` on CPU (Gloo), one thread per process by default."""
     kwargs.setdefault("threads", 1)
     return run_python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", nproc, *args, **kwargs)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_nodes(nnodes: int, nproc: int, *args, node_env: list[dict] | None = None, timeout: float = 600,
+                   threads: int = 1, cwd=REPO_ROOT) -> list[subprocess.CompletedProcess]:
+    """``nnodes`` nodes simulated on this machine: ``torchrun --nnodes N --nproc_per_node P --rdzv_backend c10d
+    --rdzv_endpoint 127.0.0.1:PORT ARGS...`` started N times at once, as each node of a cluster starts it (the
+    rendezvous on loopback); ``node_env[i]`` adds to node i's environment. Fails the test with every node's
+    output tail unless each exits 0."""
+    port, env = free_port(), {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc_per_node", str(nproc),
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", f"test{port}",
+           *map(str, args)]
+    procs = [subprocess.Popen(cmd, cwd=cwd, env={**env, **((node_env or [{}] * nnodes)[i])}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(nnodes)]
+    results = []
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            out, err = proc.communicate()
+        results.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
+    if any(r.returncode != 0 for r in results):
+        pytest.fail(f"{' '.join(cmd)} on {nnodes} nodes failed:\n" + "\n".join(
+            f"--- node {i} ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}" for i, r in enumerate(results)))
+    return results

@@ -9,7 +9,6 @@ import torch
 from ignite.engine import Events
 from sklearn.metrics import roc_auc_score
 
-from monai_cxrssl.data.views import CXRViewAugment
 from monai_cxrssl.engines import BestModelHandler, export_torchscript, load_trained_classifier
 from monai_cxrssl.evaluation import PredictionReport
 from monai_cxrssl.exceptions import CheckpointError

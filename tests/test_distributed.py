@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from runner import torchrun
 import torch
+from runner import free_port, torchrun
 
 from monai_cxrssl.checkpoints import read_checkpoint
+from monai_cxrssl.data import CXRImageStore
+from monai_cxrssl.paths import REPO_ROOT
 from small_methods import METHODS
 
 @pytest.mark.slow
@@ -30,27 +35,62 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(two_process_
         assert int(two["buffers"]["memory.ptr"]) == 8
 
 
-@pytest.mark.slow
-def test_simclr_bundle_under_torchrun(tmp_path):
-    out = tmp_path / "out"
-    configs = "['bundles/simclr_cxr/configs/train.json','bundles/simclr_cxr/configs/multi_gpu_train.json']"
-    torchrun(2, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir", out,
-             "--image_size", "32", "--batch_size", "4", "--backbone", "resnet10",
-             "--epochs", "1", "--progress", "false", "--cache_workers", "1")
-    ckpt = read_checkpoint(out / "checkpoint.pt")
-    import json
+SLURM_SCRIPT = REPO_ROOT / "tutorials" / "slurm" / "pretrain_multinode.sbatch"
+SMALL = ["--image_size", "32", "--batch_size", "4", "--backbone", "resnet10", "--epochs", "1", "--progress", "false"]
 
-    n_train = len(json.loads((out / "demo_data" / "datalist.json").read_text())["training"])
-    assert ckpt["iteration"] == n_train // (4 * 2)  # each process takes its half of every global batch
-    assert (out / "models" / "backbone.pt").is_file()
-    # the log, TensorBoard and progress handlers are rank 0's only (disabled, so never built, elsewhere):
-    # one event file for the two processes
-    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
-    # resume under torchrun: every process loads the checkpoint rank 0 wrote
-    torchrun(2, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir", out, "--image_size", "32",
-             "--batch_size", "4", "--backbone", "resnet10", "--epochs", "2", "--progress",
-             "false", "--cache_workers", "1", "--resume", "true")
-    assert read_checkpoint(out / "checkpoint.pt")["iteration"] == 2 * ckpt["iteration"]
+
+def _slurm_job(tmp_path, data, out, *settings) -> subprocess.CompletedProcess:
+    """The SLURM recipe run as written on 2 nodes simulated here: ``srun`` and ``scontrol`` stand-ins
+    (``tests/fake_slurm``) start one ``torchrun`` per node at once; the rendezvous is on loopback."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "PATH": os.pathsep.join([str(Path(__file__).with_name("fake_slurm")), str(Path(sys.executable).parent),
+                                    os.environ.get("PATH", "")]),
+           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "4242", "SLURM_CPUS_PER_TASK": "2",
+           "GPUS_PER_NODE": "1", "RDZV_PORT": str(free_port()), "DATASET_DIR": str(data),
+           "STORE_DIR": str(tmp_path / "store"), "OUTPUT_DIR": str(out)}
+    proc = subprocess.run(["bash", str(SLURM_SCRIPT), *SMALL, *settings], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"the SLURM job failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_the_readme_shows_the_slurm_recipe_as_the_script_runs_it():
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### Several nodes (SLURM)"):]
+    shown = section[section.index("```text\n") + 8:section.index("\n```", section.index("```text"))]
+    assert "srun torchrun" in shown and shown in SLURM_SCRIPT.read_text()
+    assert "tutorials/slurm/pretrain_multinode.sbatch" in section
+
+
+@pytest.mark.slow
+def test_simclr_on_two_nodes_by_the_slurm_recipe_equals_one_node_and_resumes_on_one(tmp_path):
+    """tutorials/slurm/pretrain_multinode.sbatch on 2 simulated nodes of 1 process: the image store built once, each
+    process its half of every global batch, rank 0's log alone; one node of 2 processes from the same store ends
+    with the same weights; the two-node run resumes on one node (every process loads the checkpoint rank 0 wrote)."""
+    from monai_cxrssl.data.sources import training_items
+
+    data, two = tmp_path / "data", tmp_path / "two_nodes"
+    n_train = len(training_items(dataset_dir="", demo_dir=data))
+    _slurm_job(tmp_path, data, two)
+    two_nodes = read_checkpoint(two / "checkpoint.pt")
+    assert two_nodes["iteration"] == n_train // (4 * 2)  # each process takes its half of every global batch
+    assert len(CXRImageStore(tmp_path / "store")) == n_train and (two / "models" / "backbone.pt").is_file()
+    # the log, TensorBoard and progress handlers are rank 0's only (disabled, so never built, elsewhere)
+    assert len(list((two / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+    configs = ("['bundles/simclr_cxr/configs/train.json','bundles/simclr_cxr/configs/multi_gpu_train.json',"
+               "'bundles/simclr_cxr/configs/image_store.json']")
+    one = tmp_path / "one_node"
+    torchrun(2, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir", one, "--dataset_dir", data,
+             "--store_dir", tmp_path / "store", *SMALL)
+    one_node = read_checkpoint(one / "checkpoint.pt")
+    assert one_node["iteration"] == two_nodes["iteration"]
+    for name, value in one_node["state_dict"].items():  # the same global batches, views, losses and steps
+        assert torch.allclose(value.float(), two_nodes["state_dict"][name].float(), atol=1e-6), name
+
+    torchrun(2, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir", two, "--dataset_dir", data,
+             "--store_dir", tmp_path / "store", *SMALL, "--epochs", "2", "--resume", "true")
+    assert read_checkpoint(two / "checkpoint.pt")["iteration"] == 2 * two_nodes["iteration"]
 
 
 def _child_with_rank(parent: int, rank: int) -> int | None:
@@ -76,11 +116,7 @@ def test_a_stopped_rank_ends_the_run_within_the_timeout_naming_it(tmp_path):
     """SIGSTOP one of two processes mid-training: the other gives up after dist_timeout_s (not Gloo's 30
     minutes) and the run ends with an error naming the silent rank."""
     import signal
-    import subprocess
-    import sys
     import time
-
-    from monai_cxrssl.paths import REPO_ROOT
 
     configs = "['bundles/simclr_cxr/configs/train.json','bundles/simclr_cxr/configs/multi_gpu_train.json']"
     log = tmp_path / "run.log"

@@ -36,7 +36,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from runner import free_port
 
 from monai_cxrssl.paths import REPO_ROOT
 
@@ -59,6 +59,9 @@ NOT_RUN = {
     "/work/venv-lightly/bin/python benchmarks/lightly_baseline.py":
         "the lightly reference needs its own venv with lightly and torchvision, which does not import beside the "
         "CPU torch wheel; it is a measurement, not a product command",
+    "sbatch tutorials/slurm/pretrain_multinode.sbatch":
+        "needs a SLURM cluster; tests/test_distributed.py runs the script as written on 2 nodes simulated here "
+        "(srun and scontrol stand-ins)",
 }
 SMALL = ["--epochs", "1", "--image_size", "32", "--batch_size", "8"]
 #: command groups run at once: a command spends much of its time importing and reading (one core), so a third
@@ -276,12 +279,6 @@ def small_settings(argv: list[str]) -> list[str]:
     return []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Result:
     argv: list[str]
@@ -310,7 +307,7 @@ class Sandbox:
         self.last_backbone: str | None = None
         self.env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
                     "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-                    "PET_MASTER_PORT": str(_free_port())}  # torchrun's --master_port, per sandbox
+                    "PET_MASTER_PORT": str(free_port())}  # torchrun's --master_port, per sandbox
 
     def substitute(self, word: str) -> str:
         name, eq, value = word.partition("=")

@@ -90,6 +90,11 @@ def test_a_changed_image_is_decoded_again_and_other_settings_rebuild(tmp_path, c
     store = tmp_path / "store"
     build_store(entries(images), preprocessing(), store, num_workers=0, progress=False)
     before = CXRImageStore(store).read(3).copy()
+    unchanged = _mtimes(store)
+    with caplog.at_level(logging.INFO, logger="monai_cxrssl.data.store"):
+        build_store(entries(images), preprocessing(), store, num_workers=0, progress=False)
+    assert "is up to date (8 images)" in caplog.text and _mtimes(store) == unchanged  # checked, not written
+    caplog.clear()
     changed = sorted(images.glob("*.png"))[3]
     Image.fromarray(np.full((24, 24), 200, dtype=np.uint8)).save(changed)
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))  # a different modification time for certain
@@ -186,3 +191,29 @@ def test_two_ranks_read_disjoint_shards_that_cover_the_store(tmp_path):
     # what each rank read is its shard's images: together every image once
     assert shards == [[ds.store.items[i]["patient_id"] for i in shard] for shard in indices]
     assert sorted(shards[0] + shards[1]) == sorted(e["patient_id"] for e in entries(images))
+
+
+def _mtimes(store: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(store.iterdir())}
+
+
+@pytest.mark.slow
+def test_each_node_checks_the_store_it_sees_on_shared_storage_or_builds_its_own(tmp_path):
+    """2 nodes over loopback (torchrun's c10d rendezvous): with one store on shared storage, nobody writes to an
+    up-to-date store; with a folder per node (node-local disks), each node's first process builds its copy."""
+    from runner import torchrun_nodes
+
+    images = _pngs(tmp_path / "images", 12)
+    shared = build_store(entries(images), preprocessing(), tmp_path / "shared", num_workers=0, progress=False)
+    before = _mtimes(shared)
+    torchrun_nodes(2, 1, HERE / "store_nodes.py", images, tmp_path / "read", cwd=HERE, timeout=300,
+                   node_env=[{"NODE_STORE_DIRS": f"{shared}:{tmp_path / f'node{n}'}", "PYTHONPATH": str(HERE)}
+                             for n in (0, 1)])
+    digests = set()
+    for case, dirs in (("0", [shared, shared]), ("1", [tmp_path / "node0", tmp_path / "node1"])):
+        ranks = [json.loads((tmp_path / "read" / case / f"rank{r}.json").read_text()) for r in (0, 1)]
+        assert {r["store_dir"] for r in ranks} == {str(d) for d in dirs}  # each node read its own folder
+        assert [r["n"] for r in ranks] == [12, 12]
+        digests |= {r["digest"] for r in ranks}
+    assert len(digests) == 1  # the same images, whichever store a process read
+    assert _mtimes(shared) == before  # checked by both nodes, written by neither

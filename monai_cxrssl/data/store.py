@@ -139,6 +139,14 @@ def build_store(data: Sequence[Mapping], transform, store_dir: str | os.PathLike
     items = [{"source": str(e.get(image_key)), "stat": _source_stat(e.get(image_key)),
               **{k: e[k] for k in keep_keys if k in e}} for e in entries]
     status, shape = _open_status(root, settings, items)
+    if status is not None and shape is not None and bool(np.isin(status, (_WRITTEN, _UNREADABLE)).all()) and (
+            skip_unreadable or not (status == _UNREADABLE).any()):
+        logger.info("image store %s is up to date (%d images)", root, int((status == _WRITTEN).sum()))
+        if (status == _UNREADABLE).any():
+            logger.warning("skipped %d unreadable image(s) of %d (found by an earlier build); first: %s",
+                           int((status == _UNREADABLE).sum()), len(entries),
+                           entries[int(np.flatnonzero(status == _UNREADABLE)[0])].get(image_key))
+        return root  # nothing to decode: written by nobody, so every node may check a store on shared storage
     if status is None:  # a new store (or one of other settings or data): start afresh
         status = np.zeros(len(entries), dtype=np.uint8)
         for name in ("images.bin", "status.bin", "store.json", "items.json"):
@@ -365,11 +373,19 @@ class CXRStoreDataset(Dataset):
         keep = [k for k in selected if k != image_key]
         from monai_cxrssl.distributed import get_rank, get_world_size
 
-        if get_rank() == 0:
+        def build():
             build_store(data, _without_selection(transform), store_dir, dtype=dtype, keep_keys=keep,
                         skip_unreadable=skip_unreadable, num_workers=num_workers, image_key=image_key,
                         progress=progress)
+
+        if get_rank() == 0:
+            build()
         if get_world_size() > 1:  # the other processes open it once rank 0 has built it
+            torch.distributed.barrier()
+            # several nodes: each node's first process checks the store its node sees, which on shared storage is
+            # rank 0's (up to date: nothing is written) and on a node-local disk is built there
+            if get_rank() != 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+                build()
             torch.distributed.barrier()
         self.store = CXRImageStore(store_dir)
         self.image_key = image_key
