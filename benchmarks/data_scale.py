@@ -12,9 +12,10 @@ through a ``DataLoader``, as a training run's loader would (no model), and measu
 - ``rss_mb_per_rank``: the peak resident memory of each reading process (``VmHWM``), and its largest value;
 - ``loader_images_per_s``: images per second read from the store by all ranks together (the page cache warm:
   the store was just written; a cold read from disk is slower and depends on the disk);
-- at the smallest count, a real SimCLR step (ResNet-18, batch 32, the fast path) against its data path (one
-  batch from the loader and its two views on the device): ``data_ms_per_step`` and ``model_ms_per_step``, and
-  the end-to-end pairs per second of a few steps from the store and from today's in-memory cache.
+- at the smallest count, real SimCLR steps (ResNet-18, batch 32, the fast path) from the store and from today's
+  in-memory cache, interleaved on one model: the data path (one batch from the loader and its two views on the
+  device) and the model step, ``data_ms_per_step`` and ``model_ms_per_step`` (medians), the end-to-end pairs per
+  second, and ``store_vs_memory_throughput`` with its 95 % interval (paired bootstrap over steps).
 
 It writes the JSON (``{"machine": ..., "runs": [...]}``) and a Markdown table beside it, and prints the CPU flags.
 """
@@ -24,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -37,24 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f in ("avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "amx")))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from machine import describe  # noqa: E402  (benchmarks/machine.py)
 
 
 def generate(n: int, folder: Path, size: int = 256, pool: int = 32) -> list[dict]:
@@ -150,8 +132,11 @@ def read_epoch(store_dir: Path, ranks: int, batch_size: int = 64) -> dict:
             "rss_mb_per_rank": max(r["rss_mb"] for r in results), "per_rank": results}
 
 
-def simclr_steps(entries: list[dict], store_dir: Path, image_size: int, steps: int = 4) -> dict:
-    """A real SimCLR step against its data path, from the store and from today's in-memory cache."""
+def simclr_steps(entries: list[dict], store_dir: Path, image_size: int, steps: int = 12, seed: int = 0) -> dict:
+    """Real SimCLR steps from the store and from today's in-memory cache, interleaved on one model: one step from
+    each in turn (which goes first alternates), so that the CPU's drift falls on both alike. Per source: the median
+    data path (one batch from the loader and its two views) and model step, the end-to-end pairs per second, and
+    the store's end-to-end throughput relative to memory's with a 95 % interval (a paired bootstrap over steps)."""
     import torch
 
     from monai_cxrssl.data import CXRCacheDataset, CXRStoreDataset, ViewBatch, two_views
@@ -162,21 +147,20 @@ def simclr_steps(entries: list[dict], store_dir: Path, image_size: int, steps: i
 
     device = torch.device("cpu")
     precision = resolve_precision("auto", device)
-    out = {"precision": precision}
-    for name, dataset in (("store", lambda: CXRStoreDataset(entries, preprocessing(image_size), store_dir,
-                                                            progress=False)),
-                          ("memory", lambda: CXRCacheDataset(entries, preprocessing(image_size), num_workers=2))):
-        torch.manual_seed(0)
-        method = SimCLR(build_backbone("resnet18", in_channels=1))
-        to_channels_last(method)
-        opt = torch.optim.AdamW(method.param_groups(1e-5), lr=1e-3)
-        views = ViewBatch(two_views(image_size), seed=0, target_key=None)
-        loader = iter(ssl_dataloader(dataset(), batch_size=32, seed=0))
-        data_s = model_s = 0.0
-        for step in range(steps + 1):  # the first step warms up
+    datasets = {"store": CXRStoreDataset(entries, preprocessing(image_size), store_dir, progress=False),
+                "memory": CXRCacheDataset(entries, preprocessing(image_size), num_workers=2)}
+    loaders = {name: iter(ssl_dataloader(ds, batch_size=32, seed=0)) for name, ds in datasets.items()}
+    torch.manual_seed(0)
+    method = SimCLR(build_backbone("resnet18", in_channels=1))
+    to_channels_last(method)
+    opt = torch.optim.AdamW(method.param_groups(1e-5), lr=1e-3)
+    views = ViewBatch(two_views(image_size), seed=0, target_key=None)
+    times = {name: {"data": [], "model": []} for name in loaders}
+    for step in range(steps + 1):  # step 0 of each warms up
+        for name in (list(loaders) if step % 2 == 0 else list(loaders)[::-1]):
             t0 = time.perf_counter()
             x = [v.contiguous(memory_format=torch.channels_last)
-                 for v in views.make_views(next(loader), device, iteration=step + 1)]
+                 for v in views.make_views(next(loaders[name]), device, iteration=step + 1)]
             t1 = time.perf_counter()
             with autocast(precision, device):
                 loss = method(x)["loss"]
@@ -185,9 +169,20 @@ def simclr_steps(entries: list[dict], store_dir: Path, image_size: int, steps: i
             opt.step()
             t2 = time.perf_counter()
             if step:
-                data_s, model_s = data_s + t1 - t0, model_s + t2 - t1
-        out[name] = {"data_ms_per_step": 1000 * data_s / steps, "model_ms_per_step": 1000 * model_s / steps,
-                     "pairs_per_s": 32 * steps / (data_s + model_s)}
+                times[name]["data"].append(t1 - t0)
+                times[name]["model"].append(t2 - t1)
+    out = {"precision": precision, "steps": steps, "batch": 32}
+    total = {}
+    for name, t in times.items():
+        total[name] = np.add(t["data"], t["model"])
+        out[name] = {"data_ms_per_step": 1000 * float(np.median(t["data"])),
+                     "model_ms_per_step": 1000 * float(np.median(t["model"])),
+                     "pairs_per_s": 32 * steps / float(total[name].sum())}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, steps, (2000, steps))
+    boot = total["memory"][idx].sum(1) / total["store"][idx].sum(1)
+    out["store_vs_memory_throughput"] = float(total["memory"].sum() / total["store"].sum())
+    out["store_vs_memory_ci95"] = [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
     return out
 
 
@@ -198,14 +193,15 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=224, help="the store's (training) resolution")
     p.add_argument("--source-size", type=int, default=256)
     p.add_argument("--build-workers", type=int, default=2)
-    p.add_argument("--simclr-steps", type=int, default=4, help="SimCLR steps at the smallest count (0: none)")
+    p.add_argument("--simclr-steps", type=int, default=12,
+                   help="SimCLR steps from each source at the smallest count, interleaved (0: none)")
     p.add_argument("--work-dir", default=None, help="where the images and stores go (default: a temporary folder)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "data_scale.json"))
     args = p.parse_args(argv)
 
     from monai_cxrssl.data import build_store
 
-    machine = {"cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count(), "python": platform.python_version()}
+    machine = describe()
     print(f"CPU: {machine['cpu']}; flags: {' '.join(machine['flags'])}; {machine['cores']} cores", flush=True)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="cxrssl-data-scale-"))
     runs = []
@@ -278,6 +274,11 @@ def table(result: dict) -> str:
         for name in ("store", "memory"):
             s = simclr[name]
             rows.append(f"| {name} | {s['data_ms_per_step']:.0f} | {s['model_ms_per_step']:.0f} | {s['pairs_per_s']:.2f} |")
+        if "store_vs_memory_throughput" in simclr:
+            lo, hi = simclr["store_vs_memory_ci95"]
+            rows += ["", f"{simclr['steps']} steps from each, interleaved (medians per step): the store's end-to-end "
+                     f"throughput is {simclr['store_vs_memory_throughput']:.3f} x memory's (95 % interval "
+                     f"{lo:.3f}-{hi:.3f}, paired bootstrap over steps)."]
     rows += ["", f"Command: `{result['command']}`; wall time {result['wall_s'] / 60:.1f} min.", ""]
     return "\n".join(rows)
 

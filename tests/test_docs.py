@@ -273,6 +273,8 @@ def small_settings(argv: list[str]) -> list[str]:
                 "--data", "/data/kermany_pneumonia_224"]
     if any(a.startswith("benchmarks/data_scale.py") for a in argv):  # 40 generated images, no SimCLR step
         return ["--images", "40", "--ranks", "1", "--image-size", "32", "--simclr-steps", "0"]
+    if any(a.startswith("benchmarks/datalist_scale.py") for a in argv):  # 3,000 generated entries
+        return ["--entries", "3000"]
     if any(a.startswith("benchmarks/downstream_throughput.py") for a in argv):
         return ["--image-size", "32", "--batch-size", "8", "--modes", "fast", "--label-fraction", "1.0",
                 "--data", "/data/kermany_pneumonia_224"]

@@ -51,23 +51,39 @@ def _label_values(items: Sequence[Mapping], stratify_key: str | None) -> list:
     return values
 
 
+def _multi_hot(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(positive, is_multi)``: each multi-hot value's positives as one boolean matrix (rows of other values and
+    shorter vectors padded with False), and which rows are multi-hot; ``None`` when no value is. One array
+    conversion for the usual datalist whose vectors all have one width (hundreds of thousands of entries)."""
+    is_multi = np.fromiter((_is_multi_hot(v) for v in values), dtype=bool, count=len(values))
+    if not is_multi.any():
+        return None
+    rows = [values[i] for i in np.flatnonzero(is_multi)]
+    try:
+        dense = np.asarray(rows, dtype=float)
+    except ValueError:  # vectors of several widths
+        dense = None
+    if dense is None or dense.ndim != 2:
+        width = max(len(v) for v in rows)
+        dense = np.zeros((len(rows), width))
+        for j, v in enumerate(rows):
+            dense[j, : len(v)] = np.asarray(v, dtype=float).ravel()
+    positive = np.zeros((len(values), dense.shape[1]), dtype=bool)
+    positive[is_multi] = dense > 0
+    return positive, is_multi
+
+
 def _strata(values: Sequence[Any]) -> list[Hashable]:
     """One hashable stratum per entry (see the module docstring)."""
-    multi = [np.asarray(v, dtype=float) for v in values if _is_multi_hot(v)]
-    if not multi:
+    multi = _multi_hot(values)
+    if multi is None:
         return list(values)
-    width = max(len(v) for v in multi)
-    positives = np.zeros(width)
-    for v in multi:
-        positives[: len(v)] += v > 0
-    strata: list[Hashable] = []
-    for v in values:
-        if not _is_multi_hot(v):
-            strata.append(v)
-            continue
-        idx = np.flatnonzero(np.asarray(v, dtype=float) > 0)
-        strata.append(int(idx[np.argmin(positives[idx])]) if idx.size else -1)
-    return strata
+    positive, is_multi = multi
+    counts = positive.sum(0)
+    # the rarest positive finding of each entry (the first of equally rare ones), -1 for none
+    rarest = np.where(positive, counts[None, :], np.iinfo(np.int64).max).argmin(1)
+    rarest = np.where(positive.any(1), rarest, -1)
+    return [int(r) if m else v for r, m, v in zip(rarest.tolist(), is_multi.tolist(), values)]
 
 
 def _balance_features(values: Sequence[Any]) -> np.ndarray:
@@ -76,14 +92,10 @@ def _balance_features(values: Sequence[Any]) -> np.ndarray:
     Single-label: one-hot of the label. Multi-label: the multi-hot vector plus a "no finding"
     column, so that every finding (not only one stratum per entry) is spread over the splits.
     """
-    if any(_is_multi_hot(v) for v in values):
-        width = max(len(v) for v in values if _is_multi_hot(v))
-        out = np.zeros((len(values), width + 1))
-        for i, v in enumerate(values):
-            hot = np.asarray(v, dtype=float) > 0 if _is_multi_hot(v) else np.zeros(0, dtype=bool)
-            out[i, : hot.size] = hot
-            out[i, width] = not hot.any()
-        return out
+    multi = _multi_hot(values)
+    if multi is not None:
+        positive = multi[0]
+        return np.concatenate([positive, ~positive.any(1, keepdims=True)], axis=1).astype(float)
     index = {s: j for j, s in enumerate(dict.fromkeys(values))}
     out = np.zeros((len(values), len(index)))
     out[np.arange(len(values)), [index[v] for v in values]] = 1
@@ -116,6 +128,14 @@ def _members(keys: Sequence[Hashable]) -> dict[Hashable, list[int]]:
     out: dict[Hashable, list[int]] = {}
     for i, k in enumerate(keys):
         out.setdefault(k, []).append(i)
+    return out
+
+
+def _unit_of(units: Sequence[Sequence[int]], n: int) -> np.ndarray:
+    """The index of each entry's unit (patient, or the entry itself), from the units' member lists."""
+    out = np.empty(n, dtype=np.int64)
+    for u, idxs in enumerate(units):
+        out[idxs] = u
     return out
 
 
@@ -174,7 +194,8 @@ def patient_split(
     items = _require_items(items, "patient_split")
     features = _balance_features(_label_values(items, stratify_key))
     members = list(_members(_groups(items, group_key, "patient_split")).values())
-    counts = np.stack([features[idxs].sum(0) for idxs in members])
+    counts = np.zeros((len(members), features.shape[1]))
+    np.add.at(counts, _unit_of(members, len(items)), features)
     total = counts.sum(0)
     fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
     target = fractions[:, None] * total[None, :]
@@ -350,13 +371,11 @@ def label_fraction(
         chosen.update(perm[: max(1, round(fraction * len(perm)))])
         always.add(perm[0])
 
-    multi_hot = [(i, np.asarray(v, dtype=float) > 0) for i, v in enumerate(values) if _is_multi_hot(v)]
-    if multi_hot:
-        width = max(len(v) for _, v in multi_hot)
-        hot = np.zeros((len(items), width), dtype=bool)
-        for i, v in multi_hot:
-            hot[i, : len(v)] = v
-        unit_hot = np.array([hot[u].any(0) for u in units])
+    multi = _multi_hot(values)
+    if multi is not None:
+        unit_hot = np.zeros((len(units), multi[0].shape[1]), dtype=np.int64)
+        np.add.at(unit_hot, _unit_of(units, len(items)) if group_key else np.arange(len(items)), multi[0])
+        unit_hot = unit_hot > 0
         covered = unit_hot[sorted(always)].any(0)
         order = rng.permutation(len(units))
         for f in np.argsort(unit_hot.sum(0), kind="stable"):  # rarest finding first
