@@ -149,7 +149,13 @@ def simclr_steps(entries: list[dict], store_dir: Path, image_size: int, steps: i
     precision = resolve_precision("auto", device)
     datasets = {"store": CXRStoreDataset(entries, preprocessing(image_size), store_dir, progress=False),
                 "memory": CXRCacheDataset(entries, preprocessing(image_size), num_workers=2)}
-    loaders = {name: iter(ssl_dataloader(ds, batch_size=32, seed=0)) for name, ds in datasets.items()}
+    def batches(dataset):  # epoch after epoch
+        for epoch in range(1 << 30):
+            loader = ssl_dataloader(dataset, batch_size=32, seed=0)
+            loader.sampler.set_epoch(epoch)
+            yield from loader
+
+    loaders = {name: batches(ds) for name, ds in datasets.items()}
     torch.manual_seed(0)
     method = SimCLR(build_backbone("resnet18", in_channels=1))
     to_channels_last(method)

@@ -25,6 +25,7 @@ It writes the JSON and a Markdown table beside it, and prints the CPU it ran on.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import multiprocessing as mp
 import shutil
@@ -187,6 +188,8 @@ def main(argv=None) -> dict:
         if any(f.startswith(package) for f in args.formats):
             versions[package] = version(package)  # missing: install the bench extra
     images = Images(args.images)
+    for module in ("monai.transforms", *versions):  # every writer's imports before any write is timed
+        importlib.import_module(module)
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="store-formats-"))
     runs, checksums = [], set()
     try:

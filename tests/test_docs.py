@@ -271,8 +271,12 @@ def small_settings(argv: list[str]) -> list[str]:
     if any(a.startswith("benchmarks/ssl_throughput.py") for a in argv):
         return ["--sizes", "32", "--bf16-sizes", "--steps", "1", "--reps", "1", "--warmup", "0", "--batch-size", "4",
                 "--data", "/data/kermany_pneumonia_224"]
-    if any(a.startswith("benchmarks/data_scale.py") for a in argv):  # 40 generated images, no SimCLR step
+    if any(a.startswith("benchmarks/data_scale.py") for a in argv):  # 40 generated images; 80 and a SimCLR step
+        if "--simclr-steps" in argv:                                   # from each source where steps are asked for
+            return ["--images", "80", "--ranks", "1", "--image-size", "32", "--simclr-steps", "1"]
         return ["--images", "40", "--ranks", "1", "--image-size", "32", "--simclr-steps", "0"]
+    if any(a.startswith("benchmarks/store_formats.py") for a in argv):  # 200 images in each format
+        return ["--images", "200"]
     if any(a.startswith("benchmarks/datalist_scale.py") for a in argv):  # 3,000 generated entries
         return ["--entries", "3000"]
     if any(a.startswith("benchmarks/downstream_throughput.py") for a in argv):
