@@ -6,6 +6,7 @@ Commands::
     python -m monai_cxrssl datalist csv labels.csv --labels-col finding_labels \\
         --patient-col patient_id --split-col split -o datalist.json
     python -m monai_cxrssl datalist dicom ROOT -o datalist.json
+    python -m monai_cxrssl datalist dicomweb http://pacs:8042/dicom-web --cache-dir dicom_cache -o datalist.json
     python -m monai_cxrssl datalist auto DATASET_DIR -o datalist.json
     python -m monai_cxrssl split datalist.json -o resplit.json --val 0.1 --test 0.1 --seed 0
     python -m monai_cxrssl leakage datalist.json
@@ -117,6 +118,23 @@ def _cmd_datalist_auto(args: argparse.Namespace) -> int:
     return _write(build_datalist(args.dataset), args.output)
 
 
+def _cmd_datalist_dicomweb(args: argparse.Namespace) -> int:
+    from monai_cxrssl.data.dicomweb import datalist_from_dicomweb, read_lines
+
+    datalist = datalist_from_dicomweb(
+        args.url,
+        args.cache_dir,
+        modalities=args.modality,
+        study_date=args.study_date,
+        study_uids=args.study_uid or (),
+        series_uids=args.series_uid or (),
+        accessions=read_lines(args.accessions) if args.accessions else (),
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
+    return _write(datalist, args.output)
+
+
 def _add_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", required=True, help="datalist JSON to write (image paths relative to its folder)"
@@ -176,6 +194,26 @@ def _register_datalist(subparsers) -> None:
     p.add_argument("--no-recursive", action="store_true", help="do not look into sub-folders")
     _add_output(p)
     p.set_defaults(func=_cmd_datalist_dicom)
+
+    p = sources.add_parser(
+        "dicomweb",
+        help="radiographs from a DICOMweb server (QIDO-RS, WADO-RS) into a local cache",
+        description="Find the radiographs on a DICOMweb server (QIDO-RS), retrieve them (WADO-RS) into CACHE_DIR/"
+        "<study>/<series>/<instance>.dcm (in parallel; a rerun fetches only what is missing) and write their "
+        "datalist (patient_id, study_uid, series_uid, sop_uid, accession). Credentials: CXRSSL_DICOMWEB_TOKEN, or "
+        "CXRSSL_DICOMWEB_USER and CXRSSL_DICOMWEB_PASSWORD, or ~/.netrc; never on the command line.",
+    )
+    p.add_argument("url", help="the DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    p.add_argument("--cache-dir", required=True, help="folder of the retrieved DICOM files")
+    p.add_argument("--modality", nargs="+", default=["CR", "DX"], help="modalities searched, or 'any' (default: CR DX)")
+    p.add_argument("--study-date", help="YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+    p.add_argument("--study-uid", nargs="+", help="only these studies")
+    p.add_argument("--series-uid", nargs="+", help="only these series")
+    p.add_argument("--accessions", help="a text file of accession numbers, one per line")
+    p.add_argument("--workers", type=int, default=4, help="parallel retrievals (default: 4)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_output(p)
+    p.set_defaults(func=_cmd_datalist_dicomweb)
 
     p = sources.add_parser(
         "auto",

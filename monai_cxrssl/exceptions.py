@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["CXRSSLError", "CXRReadError", "DatalistError", "CheckpointError", "NonFiniteLossError", "OverrideError",
-           "SilentRankError"]
+           "SilentRankError", "DicomWebError"]
 
 
 class CXRSSLError(Exception):
@@ -45,3 +45,8 @@ class OverrideError(CXRSSLError, ValueError):
 
 class SilentRankError(CXRSSLError, RuntimeError):
     """Another process of a multi-process run stopped responding; the message names its rank."""
+
+
+class DicomWebError(CXRSSLError, RuntimeError):
+    """A DICOMweb server could not be reached, refused the credentials or answered an error; the message names the
+    server and the request (never the credentials)."""

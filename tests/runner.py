@@ -95,14 +95,15 @@ def _zygote() -> Zygote:
     return _ZYGOTE
 
 
-def run_python(*args, check: bool = True, timeout: float = 600, threads: int | None = None, cwd=REPO_ROOT):
+def run_python(*args, check: bool = True, timeout: float = 600, threads: int | None = None, cwd=REPO_ROOT,
+               env: dict | None = None):
     """``python ARGS...`` from ``cwd``; on a non-zero exit (with ``check``) fail with the command and output tail.
 
     ``threads=1`` sets ``OMP_NUM_THREADS=1``: tiny networks run faster without thread synchronisation, above
-    all when several processes share two cores.
+    all when several processes share two cores. ``env`` adds to the environment.
     """
     cmd = [sys.executable, *map(str, args)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     fresh = os.environ.get("CXRSSL_TEST_FRESH_PROCESSES", "").strip().lower() in ("1", "true", "yes")

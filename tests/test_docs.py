@@ -59,6 +59,15 @@ NOT_RUN = {
     "/work/venv-lightly/bin/python benchmarks/lightly_baseline.py":
         "the lightly reference needs its own venv with lightly and torchvision, which does not import beside the "
         "CPU torch wheel; it is a measurement, not a product command",
+    "export CXRSSL_DICOMWEB_USER=":
+        "sets the credentials of a real PACS for the next command",
+    "python -m monai_cxrssl datalist dicomweb http://pacs.example.org":
+        "needs a DICOMweb server; tests/test_dicomweb.py runs this command against a real Orthanc on 127.0.0.1",
+    "python -m monai.bundle run --config_file bundles/simclr_cxr/configs/train.json --datalist pacs.json":
+        "trains on what the PACS command retrieved; tests/test_dicomweb.py trains from a datalist retrieved from Orthanc",
+    "python benchmarks/dicomweb_retrieval.py":
+        "starts Orthanc through tests/orthanc.py, which the docs' sandbox leaves out; tests/test_dicomweb.py runs "
+        "this benchmark small",
     "sbatch tutorials/slurm/pretrain_multinode.sbatch":
         "needs a SLURM cluster; tests/test_distributed.py runs the script as written on 2 nodes simulated here "
         "(srun and scontrol stand-ins)",

@@ -1,0 +1,150 @@
+"""Radiographs from a DICOMweb server (data/dicomweb.py), tested against a real Orthanc on 127.0.0.1
+(``tests/orthanc.py``): find and retrieve into a datalist, filters, non-image instances skipped and counted, a
+server that goes down mid-retrieval, wrong credentials, and pretraining from what was retrieved."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from orthanc import Orthanc, archive
+from runner import run_bundle, run_python
+
+from monai_cxrssl.data.dicomweb import datalist_from_dicomweb, find_instances, read_lines, retrieve_instances
+from monai_cxrssl.exceptions import DicomWebError
+
+pytestmark = pytest.mark.shared_data
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, dicom_dir):
+    """One Orthanc holding the test archive (generated patients and studies, a structured report, the shared real
+    DICOMs), for the module; stopped at its end."""
+    folder = tmp_path_factory.mktemp("orthanc")
+    files = archive(folder / "files", dicom_dir)
+    with Orthanc(folder / "server") as orthanc:
+        for f in files:
+            orthanc.upload(f["path"])
+        orthanc.files = files
+        yield orthanc
+
+
+def _env(monkeypatch, server):
+    for k, v in server.env.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_the_command_finds_retrieves_and_writes_the_datalist_of_the_images(server, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "datalist.json"
+    proc = run_python("-m", "monai_cxrssl", "datalist", "dicomweb", server.dicomweb, "--cache-dir", cache, "-o", out,
+                      env=server.env)
+    assert "DICOMweb 127.0.0.1" in proc.stderr  # the progress bar
+    assert server.password not in proc.stdout + proc.stderr
+    datalist = json.loads(out.read_text())
+    entries = datalist["training"]
+    images = [f for f in server.files if f["image"]]
+    assert len(entries) == len(images) == 12  # 9 generated CR/DX + 3 real; the SR is no CR/DX instance
+    for e in entries:
+        path = out.parent / e["image"]
+        assert path == cache / e["study_uid"] / e["series_uid"] / f"{e['sop_uid']}.dcm" and path.is_file()
+        assert e["patient_id"]
+    # the bytes as the archive holds them (JPEG, JPEG 2000, and a file without File Meta among them)
+    sent = {f["path"].read_bytes() for f in images}
+    assert {(out.parent / e["image"]).read_bytes() for e in entries} == sent
+    assert {e["patient_id"] for e in entries} >= {"PAT0", "PAT1", "PAT2"}
+    assert {e["accession"] for e in entries if e["patient_id"] == "PAT1"} == {"ACC10", "ACC11"}
+    assert datalist["dicomweb"]["n_skipped_not_images"] == 0
+
+    assert datalist["dicomweb"]["n_retrieved"] == 12 and datalist["dicomweb"]["n_from_cache"] == 0
+
+    # every modality: the structured report is found, counted and left out; nothing is fetched twice
+    stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.dcm")}
+    again = run_python("-m", "monai_cxrssl", "datalist", "dicomweb", server.dicomweb, "--cache-dir", cache, "-o",
+                       tmp_path / "any.json", "--modality", "any", "--no-progress", env=server.env)
+    any_modality = json.loads((tmp_path / "any.json").read_text())
+    assert len(any_modality["training"]) == 12 and any_modality["dicomweb"]["n_skipped_not_images"] == 1
+    assert "skipped 1 instance(s) that hold no image" in again.stderr
+    assert any_modality["dicomweb"]["n_retrieved"] == 0 and any_modality["dicomweb"]["n_from_cache"] == 12
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.dcm")} == stamps
+
+
+def test_filters_narrow_the_search(server, tmp_path, monkeypatch):
+    _env(monkeypatch, server)
+    dx, _ = find_instances(server.dicomweb, modalities=["DX"])
+    assert len(dx) == 2 and {i["patient_id"] for i in dx} == {"PAT2"} and {i["modality"] for i in dx} == {"DX"}
+    in_2023, _ = find_instances(server.dicomweb, study_date="20230101-20231231")
+    assert {i["accession"] for i in in_2023} == {"ACC00", "ACC10", "ACC20"}
+    study = next(f["study_uid"] for f in server.files if f["accession"] == "ACC11")
+    one_study, _ = find_instances(server.dicomweb, study_uids=[study])
+    assert {i["study_uid"] for i in one_study} == {study} and len(one_study) == 1
+    (tmp_path / "accessions.txt").write_text("ACC01\n\nACC21\n")
+    by_accession = datalist_from_dicomweb(server.dicomweb, tmp_path / "cache", progress=False,
+                                          accessions=read_lines(tmp_path / "accessions.txt"))["training"]
+    assert sorted(e["accession"] for e in by_accession) == ["ACC01", "ACC01", "ACC21", "ACC21"]
+    with pytest.raises(DicomWebError, match="study date"):
+        find_instances(server.dicomweb, study_date="last week")
+    with pytest.raises(DicomWebError, match="not a DICOM UID"):
+        find_instances(server.dicomweb, study_uids=["../../etc"])
+
+
+def test_wrong_or_misplaced_credentials_fail_clearly_and_never_show_the_password(server, tmp_path):
+    wrong = {"CXRSSL_DICOMWEB_USER": server.user, "CXRSSL_DICOMWEB_PASSWORD": "not-the-password-xyz"}
+    proc = run_python("-m", "monai_cxrssl", "datalist", "dicomweb", server.dicomweb, "--cache-dir", tmp_path / "c",
+                      "-o", tmp_path / "d.json", env=wrong, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and f"DICOMweb server {server.dicomweb} refused" in text and "HTTP 401" in text
+    assert "not-the-password-xyz" not in text and not (tmp_path / "d.json").exists()
+    in_url = server.dicomweb.replace("http://", f"http://{server.user}:{server.password}@")
+    proc = run_python("-m", "monai_cxrssl", "datalist", "dicomweb", in_url, "--cache-dir", tmp_path / "c", "-o",
+                      tmp_path / "d.json", check=False)
+    assert proc.returncode == 1 and "holds credentials" in proc.stdout + proc.stderr
+    assert server.password not in proc.stdout + proc.stderr
+
+
+def test_a_server_down_mid_retrieval_fails_naming_it_and_a_rerun_fetches_only_the_rest(tmp_path, monkeypatch, caplog):
+    with Orthanc(tmp_path / "server") as orthanc:
+        for f in archive(tmp_path / "files"):
+            orthanc.upload(f["path"])
+        _env(monkeypatch, orthanc)
+        instances, _ = find_instances(orthanc.dicomweb)
+        first, _ = retrieve_instances(orthanc.dicomweb, instances[:3], tmp_path / "cache", progress=False)
+        orthanc.stop()  # down, after 3 of the 9 images
+        with pytest.raises(DicomWebError, match=f"DICOMweb server {orthanc.dicomweb} could not be reached for the "
+                                                "retrieval of instance"):
+            retrieve_instances(orthanc.dicomweb, instances, tmp_path / "cache", progress=False, num_workers=2)
+        assert not list((tmp_path / "cache").rglob("*.part"))  # nothing half-written
+        assert sorted((tmp_path / "cache").rglob("*.dcm")) == sorted(first)
+        orthanc.start()  # back
+        with caplog.at_level(logging.INFO, logger="monai_cxrssl.data.dicomweb"):
+            datalist = datalist_from_dicomweb(orthanc.dicomweb, tmp_path / "cache", progress=False)
+        assert len(datalist["training"]) == 9
+        assert "9 instance(s), 3 in the cache already, 6 to retrieve" in caplog.text
+
+
+@pytest.mark.slow
+def test_pretraining_runs_from_the_retrieved_datalist(server, tmp_path):
+    run_python("-m", "monai_cxrssl", "datalist", "dicomweb", server.dicomweb, "--cache-dir", tmp_path / "cache",
+               "-o", tmp_path / "datalist.json", "--no-progress", env=server.env)
+    run_bundle(Path("bundles/simclr_cxr/configs/train.json"), tmp_path / "run", "--datalist", tmp_path / "datalist.json",
+               "--epochs", "1", "--image_size", "32", "--batch_size", "4", "--backbone", "resnet10", "--progress",
+               "false", "--cache_workers", "1")
+    assert (tmp_path / "run" / "models" / "backbone.pt").is_file()
+
+
+def test_the_retrieval_benchmark_runs_small(tmp_path):
+    """``benchmarks/dicomweb_retrieval.py`` (the README's command, at 10 instances of 32 px): its own Orthanc, every
+    instance retrieved with each worker count, the table written."""
+    import sys
+
+    from monai_cxrssl.paths import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from dicomweb_retrieval import main
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    result = main(["--instances", "10", "--size", "32", "--out", str(tmp_path / "r.json")])
+    assert [r["workers"] for r in result["runs"]] == [1, 4] and all(r["instances_per_s"] > 0 for r in result["runs"])
+    assert "instances/s" in (tmp_path / "r.md").read_text()
