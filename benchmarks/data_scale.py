@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from machine import describe  # noqa: E402  (benchmarks/machine.py)
+from machine import describe, write_results  # noqa: E402  (benchmarks/machine.py)
 
 
 def generate(n: int, folder: Path, size: int = 256, pool: int = 32) -> list[dict]:
@@ -250,11 +250,7 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     result = {"machine": machine, "command": "python benchmarks/data_scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "wall_s": round(time.time() - started, 1), "runs": runs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".md").write_text(table(result))
-    print(table(result))
+    write_results(result, args.out, table(result))
     return 0
 
 

@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from machine import describe  # noqa: E402  (benchmarks/machine.py)
+from machine import describe, write_results  # noqa: E402  (benchmarks/machine.py)
 
 #: CheXpert's findings (without "No Finding") and roughly their share of positive images in its training set
 FINDINGS = {"Enlarged Cardiomediastinum": 0.05, "Cardiomegaly": 0.12, "Lung Opacity": 0.47, "Lung Lesion": 0.04,
@@ -162,11 +162,7 @@ def main(argv=None) -> dict:
             shutil.rmtree(root, ignore_errors=True)
     result = {"machine": machine, "command": "python benchmarks/datalist_scale.py " +
               " ".join(sys.argv[1:] if argv is None else argv), "runs": runs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(result, args.out, markdown(result))
     return result
 
 

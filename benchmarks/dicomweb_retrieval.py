@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # tests/orthanc.py: the Orthanc the tests start
 
-from machine import describe  # noqa: E402  (benchmarks/machine.py)
+from machine import describe, write_results  # noqa: E402  (benchmarks/machine.py)
 
 
 def main(argv=None) -> dict:
@@ -80,9 +80,6 @@ def main(argv=None) -> dict:
     result = {"machine": machine, "orthanc": version,
               "command": "python benchmarks/dicomweb_retrieval.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "runs": runs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
     lines = [f"# DICOMweb retrieval from a local Orthanc {version} ({machine['cpu']}; flags: "
              f"{' '.join(machine['flags']) or 'none'}; {machine['cores']} cores)", "", f"`{result['command']}`", "",
              "SYNTHETIC CR radiographs, 16 bit, uncompressed; over loopback.", "",
@@ -90,8 +87,7 @@ def main(argv=None) -> dict:
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['instances']} | {r['size_px']} | {r['mb']} | {r['workers']} | {r['search_s']} | {r['datalist_s']} | "
               f"{r['instances_per_s']} | {r['mb_per_s']} |" for r in runs]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(result, args.out, "\n".join(lines) + "\n")
     return result
 
 

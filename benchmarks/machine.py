@@ -5,6 +5,7 @@ on another), and the figures depend on it. Imported by the benchmarks as ``from 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -33,3 +34,12 @@ def cpu_model() -> str:
 def describe() -> dict:
     """``{"cpu", "flags", "cores", "python"}`` of this machine."""
     return {"cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def write_results(result: dict, out: str | os.PathLike, markdown: str) -> None:
+    """``result`` as JSON at ``out`` and ``markdown`` beside it (``.md``), folders created; the table printed."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    path.with_suffix(".md").write_text(markdown)
+    print(markdown)

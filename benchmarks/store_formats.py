@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from machine import describe  # noqa: E402  (benchmarks/machine.py)
+from machine import describe, write_results  # noqa: E402  (benchmarks/machine.py)
 
 SHAPE = (1, 224, 224)
 BATCH = 64
@@ -214,11 +214,7 @@ def main(argv=None) -> dict:
     result = {"machine": machine, "versions": versions, "images": args.images,
               "command": "python benchmarks/store_formats.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "runs": runs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(result, args.out, markdown(result))
     return result
 
 

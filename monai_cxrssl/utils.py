@@ -9,7 +9,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -115,3 +116,29 @@ def as_bool(value: Any, name: str = "value") -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def map_in_threads(fn: Callable, items: Iterable, num_workers: int, on_result: Callable | None = None,
+                   name: str = "cxrssl") -> None:
+    """``fn(item)`` for every item in ``num_workers`` threads (in this thread for 0 or 1), handing each result to
+    ``on_result`` in the items' order; the first exception cancels what has not started yet and is raised.
+
+    Threads, not processes: the work is file and network I/O or decoding that releases the GIL, and worker
+    processes forked from a process whose PyTorch thread pool has started can deadlock."""
+    if int(num_workers) <= 1:
+        for item in items:
+            result = fn(item)
+            if on_result is not None:
+                on_result(result)
+        return
+    with ThreadPoolExecutor(int(num_workers), thread_name_prefix=name) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            for future in futures:
+                result = future.result()
+                if on_result is not None:
+                    on_result(result)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise

@@ -128,12 +128,25 @@ class Orthanc:
         self.stop()
 
 
+def _save(ds, path: Path) -> Path:
+    """``ds`` as a DICOM file (explicit VR little endian, with its File Meta) at ``path``."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
 def write_cr(path: Path, patient: str, study: str, series: str, seed: int, modality: str = "CR",
              accession: str = "", study_date: str = "20240101", shape: tuple[int, int] = (64, 56)) -> Path:
     """A small CR/DX radiograph (16 bit, uncompressed, ``shape`` pixels) of the given patient, study and series."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
 
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1" if modality == "CR" else "1.2.840.10008.5.1.4.1.1.1.1"
@@ -145,30 +158,19 @@ def write_cr(path: Path, patient: str, study: str, series: str, seed: int, modal
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.PixelData = pixels.tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return path
+    return _save(ds, path)
 
 
 def write_sr(path: Path, patient: str, study: str) -> Path:
     """A basic text structured report in ``study``: a DICOM instance that holds no image."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
 
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
     ds.PatientID, ds.Modality, ds.StudyDate = patient, "SR", "20240101"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return path
+    return _save(ds, path)
 
 
 def archive(folder: Path, shared_dicom: Path | None = None) -> list[dict]:

@@ -27,12 +27,12 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from monai_cxrssl.exceptions import DatalistError, DicomWebError
+from monai_cxrssl.utils import map_in_threads
 
 __all__ = ["dicomweb_session", "find_instances", "retrieve_instances", "datalist_from_dicomweb",
            "NON_IMAGE_SOP_CLASS_PREFIXES"]
@@ -223,17 +223,8 @@ def retrieve_instances(url: str, instances: Sequence[Mapping], cache_dir: str | 
 
         bar = tqdm(total=len(todo), desc=f"DICOMweb {urlsplit(server).hostname}", unit="inst")
     try:
-        with ThreadPoolExecutor(max(1, int(num_workers)), thread_name_prefix="dicomweb") as pool:
-            futures = [pool.submit(fetch, item) for item in todo]
-            try:
-                for future in futures:
-                    future.result()
-                    if bar is not None:
-                        bar.update(1)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        map_in_threads(fetch, todo, num_workers, (lambda _: bar.update(1)) if bar is not None else None,
+                       name="dicomweb")
     finally:
         if bar is not None:
             bar.close()

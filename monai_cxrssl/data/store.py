@@ -30,7 +30,6 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from torch.utils.data import Dataset
 
 from monai_cxrssl.data.cache import _find_cause, _transform_fingerprint
 from monai_cxrssl.exceptions import CXRReadError, DatalistError
-from monai_cxrssl.utils import as_bool, atomic_write
+from monai_cxrssl.utils import as_bool, atomic_write, map_in_threads
 
 __all__ = ["build_store", "CXRImageStore", "CXRStoreDataset", "STORE_DTYPES", "STORE_FORMAT"]
 
@@ -215,20 +214,8 @@ def _run_chunks(root, transform, entries, pending, status, image_key, dtype, sha
             bar.update(len(results))
 
     try:
-        if int(num_workers) <= 1:
-            for chunk in chunks:
-                done(_write_chunk(str(root), transform, chunk, image_key, dtype, shape))
-        else:
-            with ThreadPoolExecutor(int(num_workers), thread_name_prefix="image-store") as pool:
-                futures = [pool.submit(_write_chunk, str(root), transform, chunk, image_key, dtype, shape)
-                           for chunk in chunks]
-                try:
-                    for future in futures:
-                        done(future.result())
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
+        map_in_threads(lambda chunk: _write_chunk(str(root), transform, chunk, image_key, dtype, shape), chunks,
+                       num_workers, done, name="image-store")
     finally:
         if bar is not None:
             bar.close()
@@ -358,6 +345,10 @@ class CXRStoreDataset(Dataset):
         skip_unreadable: leave unreadable images out, counted (else the first fails, naming it).
         num_workers: decoding threads of the build.
         progress: progress bar of the build.
+
+    Under torchrun, rank 0 builds the store (or checks it) while the other processes wait; then the first process
+    of every other node does the same with the folder its node sees: on shared storage it finds the store up to
+    date and writes nothing, on a node-local disk it builds that node's copy.
     """
 
     def __init__(self, data: Sequence[Mapping], transform, store_dir: str | os.PathLike, dtype: str = "uint8",
