@@ -114,7 +114,7 @@ def test_a_server_down_mid_retrieval_fails_naming_it_and_a_rerun_fetches_only_th
         with pytest.raises(DicomWebError, match=f"DICOMweb server {orthanc.dicomweb} could not be reached for the "
                                                 "retrieval of instance"):
             retrieve_instances(orthanc.dicomweb, instances, tmp_path / "cache", progress=False, num_workers=2)
-        assert not list((tmp_path / "cache").rglob("*.part"))  # nothing half-written
+        assert not list((tmp_path / "cache").rglob("*.tmp"))  # nothing half-written (atomic_write's temporaries)
         assert sorted((tmp_path / "cache").rglob("*.dcm")) == sorted(first)
         orthanc.start()  # back
         with caplog.at_level(logging.INFO, logger="monai_cxrssl.data.dicomweb"):

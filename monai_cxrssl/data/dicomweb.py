@@ -9,8 +9,9 @@ local cache, and write the datalist every bundle reads.
 - **Find**: instances of the given modalities (CR and DX by default; ``any`` for all), narrowed by study date
   range, study or series UIDs, or accession numbers (one per line of a file). Instances that are not images
   (structured reports, presentation states, key objects, encapsulated documents) are skipped and counted.
-- **Retrieve**: each instance with ``dicomweb-client`` into ``<cache-dir>/<study UID>/<series UID>/<SOP UID>.dcm``,
-  in parallel threads with a progress bar. A file is written under a temporary name and renamed when complete,
+- **Retrieve**: each instance (WADO-RS, its bytes as the archive stores them) into
+  ``<cache-dir>/<study UID>/<series UID>/<SOP UID>.dcm``, in parallel threads with a progress bar, through the
+  same session as the search (``dicomweb-client``). A file is written under a temporary name and renamed when complete,
   so an interrupted retrieval leaves no half-written file; a rerun fetches only what is not there yet.
 - **Datalist**: one entry per image with ``image`` (the cached file), ``patient_id`` (PatientID), ``study_uid``,
   ``series_uid``, ``sop_uid`` and ``accession`` where the server gives one; unlabeled, in ``training``.
@@ -32,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from monai_cxrssl.exceptions import DatalistError, DicomWebError
-from monai_cxrssl.utils import map_in_threads
+from monai_cxrssl.utils import atomic_write, map_in_threads
 
 __all__ = ["dicomweb_session", "find_instances", "retrieve_instances", "datalist_from_dicomweb",
            "NON_IMAGE_SOP_CLASS_PREFIXES"]
@@ -208,14 +209,8 @@ def retrieve_instances(url: str, instances: Sequence[Mapping], cache_dir: str | 
             raise
         except Exception as e:
             raise _failure(server, what, e) from None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)  # complete, or not there at all
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path) as f:  # complete, or not there at all
+            f.write(data)
 
     bar = None
     if progress and todo:
