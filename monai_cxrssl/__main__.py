@@ -119,7 +119,8 @@ def _cmd_datalist_auto(args: argparse.Namespace) -> int:
 
 
 def _cmd_datalist_dicomweb(args: argparse.Namespace) -> int:
-    from monai_cxrssl.data.dicomweb import datalist_from_dicomweb, read_lines
+    from monai_cxrssl.data.dicomweb import datalist_from_dicomweb, join_labels, read_lines
+    from monai_cxrssl.exceptions import DatalistError
 
     datalist = datalist_from_dicomweb(
         args.url,
@@ -132,6 +133,11 @@ def _cmd_datalist_dicomweb(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         progress=not args.no_progress,
     )
+    if args.labels:
+        datalist = join_labels(datalist, args.labels, key=args.label_key, label_col=args.label_col,
+                               labels_col=args.labels_col, split_col=args.split_col)
+    elif args.label_col or args.labels_col or args.split_col:
+        raise DatalistError("--label-col, --labels-col and --split-col need --labels (the CSV to read them from)")
     return _write(datalist, args.output)
 
 
@@ -212,6 +218,13 @@ def _register_datalist(subparsers) -> None:
     p.add_argument("--accessions", help="a text file of accession numbers, one per line")
     p.add_argument("--workers", type=int, default=4, help="parallel retrievals (default: 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--labels", help="a CSV of labels joined to the retrieved images (images without a row are left out "
+                   "and counted)")
+    p.add_argument("--label-key", default="accession", choices=["accession", "study_uid", "series_uid", "sop_uid"],
+                   help="what the labels CSV is keyed by: its column of that name (default: accession)")
+    p.add_argument("--label-col", help="single-label column of the labels CSV (class names)")
+    p.add_argument("--labels-col", help="multi-label column of the labels CSV ('|'-separated findings)")
+    p.add_argument("--split-col", help="column of the labels CSV giving each row's split (train/val/test)")
     _add_output(p)
     p.set_defaults(func=_cmd_datalist_dicomweb)
 

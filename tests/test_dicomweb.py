@@ -103,6 +103,41 @@ def test_wrong_or_misplaced_credentials_fail_clearly_and_never_show_the_password
     assert server.password not in proc.stdout + proc.stderr
 
 
+def test_storing_with_wrong_credentials_fails_clearly(server, tmp_path, monkeypatch, dicom_dir):
+    from monai_cxrssl.data.dicomweb import store_instances
+
+    monkeypatch.setenv("CXRSSL_DICOMWEB_USER", server.user)
+    monkeypatch.setenv("CXRSSL_DICOMWEB_PASSWORD", "not-the-password-xyz")
+    with pytest.raises(DicomWebError, match=r"refused the storage of 1 instance\(s\) \(STOW-RS\) \(HTTP 401\)") as e:
+        store_instances(server.dicomweb, sorted(dicom_dir.glob("*j2k.dcm")))
+    assert "not-the-password-xyz" not in str(e.value)
+
+
+def test_labels_are_joined_by_accession_or_uid_with_clear_errors(server, tmp_path, monkeypatch):
+    from monai_cxrssl.data.dicomweb import join_labels
+    from monai_cxrssl.exceptions import DatalistError
+
+    _env(monkeypatch, server)
+    datalist = datalist_from_dicomweb(server.dicomweb, tmp_path / "cache", progress=False)
+    study = next(f for f in server.files if f["accession"] == "ACC10")["study_uid"]  # a study of 2 images
+    (tmp_path / "by_study.csv").write_text(f"study_uid,findings,split\n{study},Effusion|Mass,test\n")
+    joined = join_labels(datalist, tmp_path / "by_study.csv", key="study_uid", labels_col="findings",
+                         split_col="split")
+    assert joined["task"] == "multilabel" and joined["classes"] == ["Effusion", "Mass"] and not joined["training"]
+    assert [e["labels"] for e in joined["test"]] == [[1, 1], [1, 1]] and joined["dicomweb"]["n_unlabeled"] == 10
+    (tmp_path / "twice.csv").write_text("accession,label\nACC00,a\nACC00,b\n")
+    with pytest.raises(DatalistError, match="accession 'ACC00' appears more than once"):
+        join_labels(datalist, tmp_path / "twice.csv", label_col="label")
+    (tmp_path / "other.csv").write_text("AccessionNumber,label\nACC00,a\n")
+    with pytest.raises(DatalistError, match="column 'accession'.*not found; columns present: AccessionNumber, label"):
+        join_labels(datalist, tmp_path / "other.csv", label_col="label")
+    assert len(join_labels(datalist, tmp_path / "other.csv", key_col="AccessionNumber", label_col="label")
+               ["training"]) == 1
+    (tmp_path / "none.csv").write_text("accession,label\nACC99,a\n")
+    with pytest.raises(DatalistError, match="none of its 1 row\\(s\\) matches the accession of a retrieved image"):
+        join_labels(datalist, tmp_path / "none.csv", label_col="label")
+
+
 def test_a_server_down_mid_retrieval_fails_naming_it_and_a_rerun_fetches_only_the_rest(tmp_path, monkeypatch, caplog):
     with Orthanc(tmp_path / "server") as orthanc:
         for f in archive(tmp_path / "files"):
@@ -124,13 +159,76 @@ def test_a_server_down_mid_retrieval_fails_naming_it_and_a_rerun_fetches_only_th
 
 
 @pytest.mark.slow
-def test_pretraining_runs_from_the_retrieved_datalist(server, tmp_path):
-    run_python("-m", "monai_cxrssl", "datalist", "dicomweb", server.dicomweb, "--cache-dir", tmp_path / "cache",
+def test_from_the_pacs_and_back_pretrain_train_infer_and_store_structured_reports(server, tmp_path, monkeypatch):
+    """The whole loop against Orthanc: retrieve (unlabelled) and pretrain one epoch; retrieve again with labels joined
+    by accession and train a tiny classifier from that backbone; infer with ``--dicomweb_output``; then read the
+    reports back from Orthanc: one per image, referencing its study, series and instance, holding the CSV's
+    probabilities exactly and naming the model."""
+    import csv
+
+    import pydicom
+
+    from monai_cxrssl.evaluation import read_structured_report
+
+    cache = tmp_path / "cache"
+    run_python("-m", "monai_cxrssl", "datalist", "dicomweb", server.dicomweb, "--cache-dir", cache,
                "-o", tmp_path / "datalist.json", "--no-progress", env=server.env)
-    run_bundle(Path("bundles/simclr_cxr/configs/train.json"), tmp_path / "run", "--datalist", tmp_path / "datalist.json",
-               "--epochs", "1", "--image_size", "32", "--batch_size", "4", "--backbone", "resnet10", "--progress",
-               "false", "--cache_workers", "1")
-    assert (tmp_path / "run" / "models" / "backbone.pt").is_file()
+    small = ["--image_size", "32", "--batch_size", "4", "--backbone", "resnet10", "--progress", "false",
+             "--cache_workers", "1"]
+    run_bundle(Path("bundles/simclr_cxr/configs/train.json"), tmp_path / "ssl", "--datalist", tmp_path / "datalist.json",
+               "--epochs", "1", *small)
+    assert (tmp_path / "ssl" / "models" / "backbone.pt").is_file()
+
+    # labels by accession: each patient's first study NORMAL, second PNEUMONIA; the real DICOMs have no row
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["accession", "finding"])
+        w.writerows([f"ACC{p}{s}", ["NORMAL", "PNEUMONIA"][s]] for p in range(3) for s in range(2))
+    proc = run_python("-m", "monai_cxrssl", "datalist", "dicomweb", server.dicomweb, "--cache-dir", cache, "-o",
+                      tmp_path / "labelled.json", "--no-progress", "--labels", tmp_path / "labels.csv",
+                      "--label-col", "finding", env=server.env)
+    labelled = json.loads((tmp_path / "labelled.json").read_text())
+    assert labelled["classes"] == ["NORMAL", "PNEUMONIA"] and labelled["task"] == "binary"
+    assert labelled["dicomweb"]["n_labelled"] == 9 and labelled["dicomweb"]["n_unlabeled"] == 3
+    assert labelled["dicomweb"]["n_retrieved"] == 0  # all from the cache
+    assert "3 retrieved image(s) have no row (by accession)" in proc.stderr
+    for e in labelled["training"]:
+        assert e["label"] == int(e["accession"][-1])
+
+    run_bundle(Path("bundles/cxr_classifier/configs/train.json"), tmp_path / "clf", "--datalist",
+               tmp_path / "labelled.json", "--init_weights", tmp_path / "ssl" / "models" / "backbone.pt", "--epochs", "1",
+               *small)
+    run_bundle(Path("bundles/cxr_classifier/configs/inference.json"), tmp_path / "clf", "--input",
+               tmp_path / "datalist.json", "--datalist_split", "training", "--dicomweb_output", server.dicomweb,
+               env=server.env)
+
+    with open(tmp_path / "clf" / "inference" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    written = sorted((tmp_path / "clf" / "inference" / "sr").glob("*.dcm"))
+    assert len(rows) == len(written) == 12
+    # back from the server: its SR instances (QIDO-RS), retrieved (WADO-RS) and read
+    from dicomweb_client.api import DICOMwebClient
+
+    from monai_cxrssl.data.dicomweb import dicomweb_session, retrieve_instances
+
+    _env(monkeypatch, server)
+    session = dicomweb_session(server.dicomweb)
+    found = DICOMwebClient(server.dicomweb, session=session).search_for_instances(search_filters={"Modality": "SR"})
+    stored = [{"study_uid": r["0020000D"]["Value"][0], "series_uid": r["0020000E"]["Value"][0],
+               "sop_uid": r["00080018"]["Value"][0]} for r in found]
+    paths, _ = retrieve_instances(server.dicomweb, stored, tmp_path / "back", progress=False, session=session)
+    reports = [read_structured_report(p) for p in paths if pydicom.dcmread(p).get("Manufacturer") == "monai_cxrssl"]
+    assert len(reports) == 12  # the archive's own SR is no report of ours
+    by_source = {r["source_sop_uid"]: r for r in reports}
+    entries = {str((tmp_path / e["image"]).resolve()): e for e in json.loads((tmp_path / "datalist.json").read_text())["training"]}
+    for row in rows:
+        e = entries[str(Path(row["image"]).resolve())]
+        r = by_source[e["sop_uid"]]
+        assert r["study_uid"] == e["study_uid"] and r["source_series_uid"] == e["series_uid"]
+        assert r["probabilities"] == {"PNEUMONIA": float(row["prob_PNEUMONIA"])}
+        assert r["algorithm"]["name"].startswith("monai_cxrssl cxr_classifier resnet10")
+        assert "n_labels=9" in r["algorithm"]["parameters"]
+
 
 
 def test_the_retrieval_benchmark_runs_small(tmp_path):

@@ -35,8 +35,8 @@ from urllib.parse import urlsplit
 from monai_cxrssl.exceptions import DatalistError, DicomWebError
 from monai_cxrssl.utils import atomic_write, map_in_threads
 
-__all__ = ["dicomweb_session", "find_instances", "retrieve_instances", "datalist_from_dicomweb",
-           "NON_IMAGE_SOP_CLASS_PREFIXES"]
+__all__ = ["dicomweb_session", "find_instances", "retrieve_instances", "datalist_from_dicomweb", "check_server",
+           "store_instances", "join_labels", "LABEL_KEYS", "NON_IMAGE_SOP_CLASS_PREFIXES"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,11 @@ def dicomweb_session(url: str, retries: int = 3, backoff_s: float = 0.5, pool: i
 def _client(url: str, session, timeout_s: float):
     from dicomweb_client.api import DICOMwebClient
 
-    return DICOMwebClient(url=_server(url), session=session, timeout=timeout_s)
+    client = DICOMwebClient(url=_server(url), session=session, timeout=timeout_s)
+    # the session retries (urllib3's Retry, with backoff); dicomweb-client's own retry would wait 2+4+8+16 s more
+    # on any error, a refused connection included
+    client.set_http_retry_params(retry=False)
+    return client
 
 
 def _failure(server: str, what: str, error: Exception) -> DicomWebError:
@@ -269,6 +273,123 @@ def _multipart_parts(content_type: str, body: bytes) -> list[bytes]:
         payload = chunk[end + 4:]
         parts.append(payload[:-2] if payload.endswith(b"\r\n") else payload)
     return parts
+
+
+def check_server(url: str, timeout_s: float = 30) -> None:
+    """Ask the server for one study (QIDO-RS): it answers, and takes the credentials given; a
+    :class:`~monai_cxrssl.exceptions.DicomWebError` naming the server otherwise. For checks before long work."""
+    server = _server(url)
+    try:
+        _client(url, dicomweb_session(url, retries=1), timeout_s).search_for_studies(limit=1)
+    except Exception as e:
+        raise _failure(server, "a search for one study (QIDO-RS, checking the server before the run)", e) from None
+
+
+def store_instances(url: str, paths: Sequence[str | os.PathLike], *, batch: int = 32, progress: bool = False,
+                    session=None, timeout_s: float = 120) -> int:
+    """Store DICOM files to a DICOMweb server (STOW-RS, ``batch`` files per request, through ``dicomweb-client``).
+
+    Returns:
+        how many instances the server stored.
+
+    Raises:
+        DicomWebError: the server cannot be reached, refuses the credentials, or refuses an instance (its SOP
+            instance UID and the failure reason are named).
+    """
+    import pydicom
+
+    server = _server(url)
+    client = _client(url, session or dicomweb_session(url), timeout_s)
+    paths = [Path(p) for p in paths]
+    stored = 0
+    bar = None
+    if progress and paths:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(paths), desc=f"STOW-RS {urlsplit(server).hostname}", unit="inst")
+    try:
+        for start in range(0, len(paths), batch):
+            datasets = []
+            for p in paths[start:start + batch]:
+                try:
+                    datasets.append(pydicom.dcmread(p, force=True))
+                except (OSError, ValueError, EOFError) as e:
+                    raise DicomWebError(f"'{p}' could not be read for storage to {server} ({e})") from None
+            what = f"the storage of {len(datasets)} instance(s) (STOW-RS)"
+            try:
+                response = client.store_instances(datasets)
+            except Exception as e:
+                raise _failure(server, what, e) from None
+            failed = list(getattr(response, "FailedSOPSequence", []) or [])
+            if failed:
+                f = failed[0]
+                raise DicomWebError(f"DICOMweb server {server} refused {len(failed)} of {len(datasets)} instance(s) "
+                                    f"(STOW-RS), e.g. {f.get('ReferencedSOPInstanceUID', '?')} with failure reason "
+                                    f"{f.get('FailureReason', '?')}")
+            stored += len(datasets)
+            if bar is not None:
+                bar.update(len(datasets))
+    finally:
+        if bar is not None:
+            bar.close()
+    logger.info("DICOMweb %s: stored %d instance(s) (STOW-RS)", server, stored)
+    return stored
+
+
+#: the datalist fields a label table may be joined on (the CSV's column of the same name, unless ``key_col``)
+LABEL_KEYS = ("accession", "study_uid", "series_uid", "sop_uid")
+
+
+def join_labels(datalist: Mapping, csv_path: str | os.PathLike, *, key: str = "accession", key_col: str | None = None,
+                label_col: str | None = None, labels_col: str | None = None, split_col: str | None = None,
+                **csv_options) -> dict:
+    """The datalist of the retrieved images that have labels in ``csv_path``, joined on ``key``.
+
+    The table is read by :func:`~monai_cxrssl.data.datalist.datalist_from_csv` (the same columns, classes, multi-label
+    findings, split column and errors), with ``key_col`` (default: ``key``) in place of the image column. A study-level
+    key (accession, study UID) labels every image of the study. Images without a row are left out and counted
+    (``dicomweb.n_unlabeled``, and a warning), as are rows that match no image.
+
+    Raises:
+        DatalistError: ``key`` is not one of :data:`LABEL_KEYS`, a column is missing, a key appears twice in the
+            table, or no retrieved image has a row.
+    """
+    from monai_cxrssl.data.datalist import SPLIT_KEYS, _make_datalist, datalist_from_csv
+
+    if key not in LABEL_KEYS:
+        raise DatalistError(f"labels are joined on one of {list(LABEL_KEYS)}, not '{key}'")
+    if not (label_col or labels_col):
+        raise DatalistError(f"{csv_path}: give the label column (label_col) or the findings column (labels_col)")
+    table = datalist_from_csv(csv_path, image_col=key_col or key, label_col=label_col, labels_col=labels_col,
+                              split_col=split_col, base_dir="/", check_files=False, **csv_options)
+    rows: dict[str, tuple[str, dict]] = {}
+    for split in SPLIT_KEYS:
+        for row in table.get(split) or []:
+            value = row["image"][1:]  # the key column, read as the image column below "/"
+            if value in rows:
+                raise DatalistError(f"{csv_path}: {key_col or key} '{value}' appears more than once")
+            rows[value] = (split, {k: row[k] for k in ("label", "labels") if k in row})
+    splits: dict[str, list] = {k: [] for k in SPLIT_KEYS}
+    matched, unlabeled = set(), 0
+    for entry in (e for split in SPLIT_KEYS for e in datalist.get(split) or []):
+        found = rows.get(str(entry.get(key, "")))
+        if found is None:
+            unlabeled += 1
+            continue
+        matched.add(str(entry[key]))
+        splits[found[0]].append({**entry, **found[1]})
+    if not matched:
+        raise DatalistError(f"{csv_path}: none of its {len(rows)} row(s) matches the {key} of a retrieved image")
+    if unlabeled:
+        logger.warning("%s: %d retrieved image(s) have no row (by %s) and are left out of the labelled datalist",
+                       csv_path, unlabeled, key)
+    if len(matched) < len(rows):
+        logger.warning("%s: %d row(s) match no retrieved image (by %s)", csv_path, len(rows) - len(matched), key)
+    out = _make_datalist(f"{datalist.get('description', 'DICOMweb')}, labels from {csv_path} by {key}", table["task"],
+                         table.get("classes", []), splits)
+    out["dicomweb"] = {**datalist.get("dicomweb", {}), "n_labelled": sum(len(v) for v in splits.values()),
+                       "n_unlabeled": unlabeled}
+    return out
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:

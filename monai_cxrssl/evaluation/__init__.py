@@ -2,6 +2,7 @@
 
 - :mod:`monai_cxrssl.evaluation.stats`: numpy in, plain Python floats and dicts out; no bundle needed.
 - :mod:`monai_cxrssl.evaluation.rankme`: label-free comparison of pretrained encoders (RankMe).
+- :mod:`monai_cxrssl.evaluation.structured_report`: predictions as DICOM Structured Reports (highdicom).
 """
 
 from .embeddings import EmbeddingWriter, read_embeddings
@@ -9,6 +10,7 @@ from .metrics import MacroAUC, probabilities
 from .rankme import rank_encoders, rankme
 from .report import PredictionReport, output_names, read_predictions
 from .shift import shift_report
+from .structured_report import StructuredReports, read_structured_report, write_structured_reports
 from .stats import (
     auc,
     bootstrap_auc_ci,
@@ -22,6 +24,9 @@ from .stats import (
 )
 
 __all__ = [
+    "StructuredReports",
+    "read_structured_report",
+    "write_structured_reports",
     "EmbeddingWriter",
     "read_embeddings",
     "rankme",
