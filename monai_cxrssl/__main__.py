@@ -132,10 +132,11 @@ def _cmd_datalist_dicomweb(args: argparse.Namespace) -> int:
         accessions=read_lines(args.accessions) if args.accessions else (),
         num_workers=args.workers,
         progress=not args.no_progress,
+        deidentify=args.deidentify,
     )
     if args.labels:
         datalist = join_labels(datalist, args.labels, key=args.label_key, label_col=args.label_col,
-                               labels_col=args.labels_col, split_col=args.split_col)
+                               labels_col=args.labels_col, split_col=args.split_col, deidentify=args.deidentify)
     elif args.label_col or args.labels_col or args.split_col:
         raise DatalistError("--label-col, --labels-col and --split-col need --labels (the CSV to read them from)")
     return _write(datalist, args.output)
@@ -218,6 +219,9 @@ def _register_datalist(subparsers) -> None:
     p.add_argument("--accessions", help="a text file of accession numbers, one per line")
     p.add_argument("--workers", type=int, default=4, help="parallel retrievals (default: 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--deidentify", metavar="MAPPING_JSON",
+                   help="de-identify the local copies (dicognito: names, ids, UIDs and dates re-mapped consistently); "
+                   "the key and the originals of the pseudonyms go to this file, which must be outside the cache")
     p.add_argument("--labels", help="a CSV of labels joined to the retrieved images (images without a row are left out "
                    "and counted)")
     p.add_argument("--label-key", default="accession", choices=["accession", "study_uid", "series_uid", "sop_uid"],

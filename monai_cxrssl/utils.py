@@ -70,8 +70,10 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success flush it to disk and rename it over ``path``.
+def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None,
+                 permissions: int = 0o644) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success flush it to disk and rename it over ``path`` (with
+    ``permissions``; the temporary file is its owner's alone).
 
     A crash or an exception at any moment leaves either the old file or the new one, never a
     truncated one; the temporary file is removed on failure. Parent folders are created.
@@ -84,7 +86,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0o600
+        os.chmod(tmp, permissions)  # mkstemp creates 0o600
         os.replace(tmp, path)
     except BaseException as e:
         written = os.path.getsize(tmp) if os.path.exists(tmp) else 0

@@ -138,6 +138,63 @@ def test_labels_are_joined_by_accession_or_uid_with_clear_errors(server, tmp_pat
         join_labels(datalist, tmp_path / "none.csv", label_col="label")
 
 
+def test_deidentified_copies_hold_pseudonyms_only_consistently_with_the_mapping_kept_apart(server, tmp_path):
+    import stat
+
+    import numpy as np
+    import pydicom
+
+    from monai_cxrssl.data.io import read_cxr
+
+    cache, mapping = tmp_path / "cache", tmp_path / "secure" / "mapping.json"
+    (tmp_path / "labels.csv").write_text("accession,finding\n" + "".join(
+        f"ACC{p}{s},{['NORMAL', 'PNEUMONIA'][s]}\n" for p in range(3) for s in range(2)))
+    args = ["-m", "monai_cxrssl", "datalist", "dicomweb", server.dicomweb, "--cache-dir", cache, "--deidentify",
+            mapping]
+    proc = run_python(*args, "-o", tmp_path / "dl.json", env=server.env)
+    text = (tmp_path / "dl.json").read_text()
+    datalist = json.loads(text)
+    entries = datalist["training"]
+    table = json.loads(mapping.read_text())
+    assert len(entries) == 12 and datalist["dicomweb"]["deidentified"].startswith("dicognito")
+    originals = {str(f["patient_id"]) for f in server.files if f["patient_id"]} | {
+        f["study_uid"] for f in server.files if f["study_uid"]} | {f["accession"] for f in server.files if f["accession"]}
+    source_of = {}  # original SOP instance UID -> the file sent to the server
+    for f in server.files:
+        ds = pydicom.dcmread(f["path"], stop_before_pixels=True, force=True)
+        source_of[str(ds.SOPInstanceUID)] = f["path"]
+        originals |= {str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)} | ({str(ds.PatientID)} if ds.get("PatientID") else set())
+    outputs = text + proc.stdout + proc.stderr + "\n".join(str(p) for p in cache.rglob("*"))
+    assert not [o for o in originals if o in outputs]  # no original id in the datalist, the paths or the logs
+    for e in entries:
+        data = (tmp_path / e["image"]).read_bytes()
+        assert not [o for o in originals if o.encode() in data]  # nor in the de-identified files
+        ds = pydicom.dcmread(tmp_path / e["image"], force=True)
+        assert (ds.PatientID if ds.get("PatientID") else e["sop_uid"]) == e["patient_id"]
+        assert (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID) == (e["study_uid"], e["series_uid"],
+                                                                                  e["sop_uid"])
+        assert ds.DeidentificationMethod.startswith("dicognito")
+        source = source_of[table["originals"]["sop_uid"][e["sop_uid"]]]
+        assert np.array_equal(read_cxr(tmp_path / e["image"]), read_cxr(source))  # the pixels untouched
+    # one pseudonym per patient: the patient-level grouping is the original one
+    assert stat.S_IMODE(mapping.stat().st_mode) == 0o600
+    by_patient = {}
+    for e in entries:
+        by_patient.setdefault(table["originals"]["patient_id"].get(e["patient_id"], e["patient_id"]), set()).add(
+            e["patient_id"])
+    assert all(len(v) == 1 for v in by_patient.values()) and {"PAT0", "PAT1", "PAT2"} <= set(by_patient)
+    # a rerun: the same pseudonyms, nothing fetched again; labels joined by the original accessions
+    run_python(*args, "-o", tmp_path / "labelled.json", "--labels", tmp_path / "labels.csv", "--label-col", "finding",
+               "--no-progress", env=server.env)
+    labelled = json.loads((tmp_path / "labelled.json").read_text())
+    assert labelled["dicomweb"]["n_from_cache"] == 12 and labelled["dicomweb"]["n_labelled"] == 9
+    assert {e["sop_uid"] for e in labelled["training"]} <= {e["sop_uid"] for e in entries}
+    for e in labelled["training"]:
+        assert e["label"] == int(table["originals"]["accession"][e["accession"]][-1])
+    inside = run_python(*args[:-1], cache / "mapping.json", "-o", tmp_path / "x.json", env=server.env, check=False)
+    assert inside.returncode == 1 and "keep it apart from the de-identified copies" in inside.stderr
+
+
 def test_a_server_down_mid_retrieval_fails_naming_it_and_a_rerun_fetches_only_the_rest(tmp_path, monkeypatch, caplog):
     with Orthanc(tmp_path / "server") as orthanc:
         for f in archive(tmp_path / "files"):

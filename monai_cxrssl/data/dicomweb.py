@@ -190,8 +190,12 @@ def _cached_path(cache_dir: Path, instance: Mapping) -> Path:
 
 
 def retrieve_instances(url: str, instances: Sequence[Mapping], cache_dir: str | os.PathLike, *, num_workers: int = 4,
-                       progress: bool = True, session=None, timeout_s: float = 60) -> tuple[list[Path], int]:
+                       progress: bool = True, session=None, timeout_s: float = 60,
+                       deidentifier=None) -> tuple[list[Path], int]:
     """Each instance (WADO-RS) into ``cache_dir/<study>/<series>/<sop>.dcm``, unless it is there already.
+
+    With a :class:`~monai_cxrssl.data.deidentify.Deidentifier`, each file is de-identified before it is written, and
+    the path is made of the pseudonymous UIDs.
 
     Returns:
         ``(paths, n_fetched)``: the cached file of each instance, in order, and how many were fetched now.
@@ -199,7 +203,7 @@ def retrieve_instances(url: str, instances: Sequence[Mapping], cache_dir: str | 
     server = _server(url)
     cache = Path(cache_dir)
     session = session or dicomweb_session(url, pool=max(1, num_workers))
-    paths = [_cached_path(cache, i) for i in instances]
+    paths = [_cached_path(cache, deidentifier.pseudonyms(i) if deidentifier else i) for i in instances]
     todo = [(i, p) for i, p in zip(instances, paths) if not p.is_file()]
     logger.info("DICOMweb %s: %d instance(s), %d in the cache already, %d to retrieve", server, len(instances),
                 len(instances) - len(todo), len(todo))
@@ -213,6 +217,8 @@ def retrieve_instances(url: str, instances: Sequence[Mapping], cache_dir: str | 
             raise
         except Exception as e:
             raise _failure(server, what, e) from None
+        if deidentifier is not None:
+            data = deidentifier.apply(data, source=f"instance {path.stem} from {server}")
         with atomic_write(path) as f:  # complete, or not there at all
             f.write(data)
 
@@ -342,13 +348,16 @@ LABEL_KEYS = ("accession", "study_uid", "series_uid", "sop_uid")
 
 def join_labels(datalist: Mapping, csv_path: str | os.PathLike, *, key: str = "accession", key_col: str | None = None,
                 label_col: str | None = None, labels_col: str | None = None, split_col: str | None = None,
-                **csv_options) -> dict:
+                deidentify: str | os.PathLike | None = None, **csv_options) -> dict:
     """The datalist of the retrieved images that have labels in ``csv_path``, joined on ``key``.
 
     The table is read by :func:`~monai_cxrssl.data.datalist.datalist_from_csv` (the same columns, classes, multi-label
     findings, split column and errors), with ``key_col`` (default: ``key``) in place of the image column. A study-level
     key (accession, study UID) labels every image of the study. Images without a row are left out and counted
     (``dicomweb.n_unlabeled``, and a warning), as are rows that match no image.
+
+    ``deidentify``: the mapping file of a de-identified retrieval: the table's keys (originals) are matched through
+    it to the datalist's pseudonyms.
 
     Raises:
         DatalistError: ``key`` is not one of :data:`LABEL_KEYS`, a column is missing, a key appears twice in the
@@ -369,6 +378,11 @@ def join_labels(datalist: Mapping, csv_path: str | os.PathLike, *, key: str = "a
             if value in rows:
                 raise DatalistError(f"{csv_path}: {key_col or key} '{value}' appears more than once")
             rows[value] = (split, {k: row[k] for k in ("label", "labels") if k in row})
+    if deidentify:
+        from monai_cxrssl.data.deidentify import Deidentifier
+
+        to_pseudonym = {original: pseudonym for pseudonym, original in Deidentifier(deidentify).originals[key].items()}
+        rows = {to_pseudonym.get(value, value): row for value, row in rows.items()}
     splits: dict[str, list] = {k: [] for k in SPLIT_KEYS}
     matched, unlabeled = set(), 0
     for entry in (e for split in SPLIT_KEYS for e in datalist.get(split) or []):
@@ -403,9 +417,13 @@ def read_lines(path: str | os.PathLike) -> list[str]:
 def datalist_from_dicomweb(url: str, cache_dir: str | os.PathLike, *, modalities: Iterable[str] = ("CR", "DX"),
                            study_date: str | None = None, study_uids: Sequence[str] = (),
                            series_uids: Sequence[str] = (), accessions: Sequence[str] = (), num_workers: int = 4,
-                           progress: bool = True, retries: int = 3, timeout_s: float = 60) -> dict:
+                           progress: bool = True, retries: int = 3, timeout_s: float = 60,
+                           deidentify: str | os.PathLike | None = None) -> dict:
     """Find the radiographs (:func:`find_instances`), retrieve them into ``cache_dir``
     (:func:`retrieve_instances`) and return the datalist of the images (see the module docstring).
+
+    ``deidentify``: a mapping file (:mod:`monai_cxrssl.data.deidentify`): the cached copies are de-identified, the
+    datalist holds the pseudonyms only, and the mapping file their originals (kept outside ``cache_dir``).
 
     Raises:
         DicomWebError: the server cannot be reached, refuses the credentials or answers an error (after retries).
@@ -425,8 +443,19 @@ def datalist_from_dicomweb(url: str, cache_dir: str | os.PathLike, *, modalities
         raise DatalistError(f"DICOMweb server {server}: no image instance matches the search (modalities "
                             f"{list(modalities)}, study date {study_date}, {len(study_uids)} study UID(s), "
                             f"{len(series_uids)} series UID(s), {len(accessions)} accession(s))")
-    paths, n_fetched = retrieve_instances(url, instances, cache_dir, num_workers=num_workers, progress=progress,
-                                          session=session, timeout_s=timeout_s)
+    deidentifier = None
+    if deidentify:
+        from monai_cxrssl.data.deidentify import Deidentifier
+
+        deidentifier = Deidentifier(deidentify, cache_dir)
+    try:
+        paths, n_fetched = retrieve_instances(url, instances, cache_dir, num_workers=num_workers, progress=progress,
+                                              session=session, timeout_s=timeout_s, deidentifier=deidentifier)
+    finally:
+        if deidentifier is not None:  # the originals of what was written, even after a failure
+            deidentifier.save()
+    if deidentifier is not None:
+        instances = [deidentifier.pseudonyms(i) for i in instances]
     entries, not_images = [], 0
     for instance, path in zip(instances, paths):
         if _read_dicom_header(path) is None:  # an image SOP class the search could not tell apart, without pixels
@@ -448,5 +477,6 @@ def datalist_from_dicomweb(url: str, cache_dir: str | os.PathLike, *, modalities
     datalist = _make_datalist(f"DICOMweb {server} (modalities {','.join(modalities) or 'any'})", "unlabeled", [],
                               {"training": entries})
     datalist["dicomweb"] = {"server": server, "n_images": len(entries), "n_skipped_not_images": n_skipped + not_images,
-                            "n_retrieved": n_fetched, "n_from_cache": len(instances) - n_fetched}
+                            "n_retrieved": n_fetched, "n_from_cache": len(instances) - n_fetched,
+                            "deidentified": deidentifier.method if deidentifier else None}
     return datalist

@@ -1,0 +1,118 @@
+"""De-identified local copies of retrieved radiographs, for research use, with the re-identification mapping kept
+apart.
+
+::
+
+    python -m monai_cxrssl datalist dicomweb http://pacs:8042/dicom-web --cache-dir cache -o datalist.json \\
+        --deidentify /secure/mapping.json
+
+Each retrieved file is de-identified by ``dicognito`` before it is written: names replaced, identifiers
+(PatientID, accession, study ID, ...) and every UID re-mapped, dates and times moved back by an offset fixed per
+patient (intervals within a patient are kept), institution and address attributes replaced, insurance and contact
+attributes removed; ``PatientIdentityRemoved`` is set where the file says it has no burned-in annotation. Pixels are
+not touched: text burned into an image stays there.
+
+The pseudonyms are a keyed function of the original values (the key is a random secret made on the first run), so
+one patient has one pseudonym in every file and every rerun: patient-level splits hold, and a rerun finds its cache.
+The mapping file holds the key and the table of the originals of each pseudonym (patient, study, series, instance,
+accession) for whoever may re-identify; it is written only outside the cache folder, readable by its owner alone, and
+nothing else (datalist, cache paths, logs) holds an original identifier.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from monai_cxrssl.exceptions import DatalistError
+from monai_cxrssl.utils import atomic_write
+
+__all__ = ["Deidentifier", "IDENTIFIERS"]
+
+#: the instance fields (QIDO-RS results, datalist entries) that are pseudonymised, with their DICOM keywords
+IDENTIFIERS = {"patient_id": "PatientID", "study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID",
+               "sop_uid": "SOPInstanceUID", "accession": "AccessionNumber"}
+
+
+class Deidentifier:
+    """De-identify DICOM files with one secret key, kept with the re-identification table in ``mapping_path``.
+
+    Args:
+        mapping_path: the mapping JSON: read if it exists (its key is reused), else made with a new random key.
+        cache_dir: the folder of the de-identified copies; the mapping must not be inside it.
+    """
+
+    def __init__(self, mapping_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
+        import dicognito
+
+        self.path = Path(mapping_path)
+        if cache_dir is not None and self.path.resolve().is_relative_to(Path(cache_dir).resolve()):
+            raise DatalistError(f"the de-identification mapping '{self.path}' is inside the cache '{cache_dir}': keep it "
+                                "apart from the de-identified copies (it re-identifies them)")
+        if self.path.is_file():
+            try:
+                state = json.loads(self.path.read_text())
+                key, table = state["key"], state["originals"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise DatalistError(f"'{self.path}' is not a de-identification mapping written by monai_cxrssl ({e})")
+        else:
+            key, table = secrets.token_hex(16), {}
+        self.key = str(key)
+        self.originals: dict[str, dict[str, str]] = {f: dict(table.get(f, {})) for f in IDENTIFIERS}
+        self.method = f"dicognito {dicognito.__version__}"
+        self._lock = threading.Lock()
+
+    def _anonymizer(self):
+        from dicognito.anonymizer import Anonymizer
+
+        return Anonymizer(seed=self.key)
+
+    def pseudonyms(self, instance: Mapping[str, str]) -> dict[str, str]:
+        """``instance`` with its identifiers (:data:`IDENTIFIERS`) replaced by the pseudonyms its file will hold
+        once de-identified (empty values stay empty); each is recorded in the table."""
+        from pydicom.dataset import Dataset, FileMetaDataset
+
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        for field, keyword in IDENTIFIERS.items():
+            if instance.get(field):
+                setattr(ds, keyword, instance[field])
+        self._anonymizer().anonymize(ds)
+        out = dict(instance)
+        with self._lock:
+            for field, keyword in IDENTIFIERS.items():
+                if instance.get(field):
+                    out[field] = str(ds.get(keyword, ""))
+                    self.originals[field][out[field]] = str(instance[field])
+        return out
+
+    def apply(self, data: bytes, source: str = "") -> bytes:
+        """The DICOM file ``data`` de-identified (its encoding and File Meta, or lack of it, kept)."""
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError) as e:
+            raise DatalistError(f"{source or 'a retrieved file'} could not be read for de-identification ({e})") from None
+        self._anonymizer().anonymize(ds)
+        ds.remove_private_tags()
+        ds.DeidentificationMethod = self.method
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=False)
+        return out.getvalue()
+
+    def save(self) -> None:
+        """Write the mapping (the key and the table), readable and writable by its owner only."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            state = {"description": "monai_cxrssl de-identification mapping: the key of the pseudonyms and the "
+                                    "original of each; keep it apart from the data, it re-identifies them",
+                     "method": self.method, "key": self.key, "originals": self.originals}
+        with atomic_write(self.path, "w", encoding="utf-8", permissions=0o600) as f:
+            json.dump(state, f, indent=1)
