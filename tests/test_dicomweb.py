@@ -290,7 +290,7 @@ def test_from_the_pacs_and_back_pretrain_train_infer_and_store_structured_report
 
 def test_the_retrieval_benchmark_runs_small(tmp_path):
     """``benchmarks/dicomweb_retrieval.py`` (the README's command, at 10 instances of 32 px): its own Orthanc, every
-    instance retrieved with each worker count, the table written."""
+    instance retrieved with each worker count and de-identified, 4 reports written and stored, the table written."""
     import sys
 
     from monai_cxrssl.paths import REPO_ROOT
@@ -300,6 +300,8 @@ def test_the_retrieval_benchmark_runs_small(tmp_path):
         from dicomweb_retrieval import main
     finally:
         sys.path.remove(str(REPO_ROOT / "benchmarks"))
-    result = main(["--instances", "10", "--size", "32", "--out", str(tmp_path / "r.json")])
-    assert [r["workers"] for r in result["runs"]] == [1, 4] and all(r["instances_per_s"] > 0 for r in result["runs"])
-    assert "instances/s" in (tmp_path / "r.md").read_text()
+    result = main(["--instances", "10", "--size", "32", "--reports", "4", "--out", str(tmp_path / "r.json")])
+    assert [(r["workers"], r.get("deidentified", False)) for r in result["runs"]] == [(1, False), (4, False), (4, True)]
+    assert all(r["instances_per_s"] > 0 for r in result["runs"])
+    assert result["reports"]["reports"] == 4 and result["reports"]["store_ms_per_report"] > 0
+    assert "instances/s" in (tmp_path / "r.md").read_text() and "Structured reports" in (tmp_path / "r.md").read_text()

@@ -65,6 +65,13 @@ NOT_RUN = {
         "needs a DICOMweb server; tests/test_dicomweb.py runs this command against a real Orthanc on 127.0.0.1",
     "python -m monai.bundle run --config_file bundles/simclr_cxr/configs/train.json --datalist pacs.json":
         "trains on what the PACS command retrieved; tests/test_dicomweb.py trains from a datalist retrieved from Orthanc",
+    "python -m monai.bundle run --config_file bundles/cxr_classifier/configs/train.json --datalist pacs_labelled.json":
+        "trains on images retrieved from a PACS with labels; tests/test_dicomweb.py trains a classifier from a datalist "
+        "retrieved from Orthanc with labels joined by accession",
+    "python -m monai.bundle run --config_file bundles/cxr_classifier/configs/inference.json --output_dir "
+    "runs/pacs_classifier":
+        "stores structured reports to a PACS; tests/test_dicomweb.py runs inference with --dicomweb_output against "
+        "Orthanc and reads the reports back",
     "python benchmarks/dicomweb_retrieval.py":
         "starts Orthanc through tests/orthanc.py, which the docs' sandbox leaves out; tests/test_dicomweb.py runs "
         "this benchmark small",
