@@ -33,9 +33,14 @@ ZYGOTE = Path(__file__).with_name("zygote.py")
 class Zygote:
     """The client of one ``tests/zygote.py`` server (started on first use, stopped when the tests end)."""
 
-    def __init__(self):
+    def __init__(self, package_root=None):
+        """``package_root``: a copy of the repository whose ``monai_cxrssl`` the server imports (first on its path),
+        for commands run in that copy; default: this checkout's."""
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        if package_root is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen([sys.executable, str(ZYGOTE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     cwd=REPO_ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                                     cwd=package_root or REPO_ROOT, env=env)
         self.lock = threading.Lock()
         self._buffer = b""
         if not self._read(timeout=300).get("ready"):

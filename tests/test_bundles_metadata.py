@@ -233,8 +233,9 @@ def test_pretraining_train_workflow_properties(bundle, overlay, tmp_path):
 
 #: the bundles run from inside their folder here: the classifier, and DINO for the pretraining bundles (a ViT, the
 #: TorchScript path the zoo's checks take). SimCLR's is ``tests/test_bundle_simclr.py``'s; MoCo, MICLe and BYOL
-#: share SimCLR's wiring (generated from ``bundles/_shared_ssl``, checked by ``bundle_sync --check``) and each runs
-#: its training and inference from a copy of ``bundles/`` outside the checkout in ``tests/test_wheel.py``.
+#: share SimCLR's wiring (generated from ``bundles/_shared_ssl``, checked by ``bundle_sync --check``), differing in
+#: their method modules only. SimCLR and DINO also run from a copy of ``bundles/`` outside the checkout, with the
+#: installed wheel, in ``tests/test_wheel.py``.
 FROM_INSIDE = ["dino_cxr", "cxr_classifier"]
 
 

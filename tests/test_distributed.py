@@ -63,10 +63,11 @@ def test_the_readme_shows_the_slurm_recipe_as_the_script_runs_it():
 
 
 @pytest.mark.slow
-def test_simclr_on_two_nodes_by_the_slurm_recipe_equals_one_node_and_resumes_on_one(tmp_path):
+def test_simclr_on_two_nodes_by_the_slurm_recipe_resumes_on_one(tmp_path):
     """tutorials/slurm/pretrain_multinode.sbatch on 2 simulated nodes of 1 process: the image store built once, each
-    process its half of every global batch, rank 0's log alone; one node of 2 processes from the same store ends
-    with the same weights; the two-node run resumes on one node (every process loads the checkpoint rank 0 wrote)."""
+    process its half of every global batch, rank 0's log alone; the two-node run resumes on one node of 2 processes
+    (every process loads the checkpoint rank 0 wrote). That 2 nodes train as one process with the global batch does
+    is checked for every method by the ``two_process_steps`` fixture (conftest.py), on 2 loopback nodes too."""
     from monai_cxrssl.data.sources import training_items
 
     data, two = tmp_path / "data", tmp_path / "two_nodes"
@@ -80,17 +81,11 @@ def test_simclr_on_two_nodes_by_the_slurm_recipe_equals_one_node_and_resumes_on_
 
     configs = ("['bundles/simclr_cxr/configs/train.json','bundles/simclr_cxr/configs/multi_gpu_train.json',"
                "'bundles/simclr_cxr/configs/image_store.json']")
-    one = tmp_path / "one_node"
-    torchrun(2, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir", one, "--dataset_dir", data,
-             "--store_dir", tmp_path / "store", *SMALL)
-    one_node = read_checkpoint(one / "checkpoint.pt")
-    assert one_node["iteration"] == two_nodes["iteration"]
-    for name, value in one_node["state_dict"].items():  # the same global batches, views, losses and steps
-        assert torch.allclose(value.float(), two_nodes["state_dict"][name].float(), atol=1e-6), name
-
     torchrun(2, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir", two, "--dataset_dir", data,
              "--store_dir", tmp_path / "store", *SMALL, "--epochs", "2", "--resume", "true")
-    assert read_checkpoint(two / "checkpoint.pt")["iteration"] == 2 * two_nodes["iteration"]
+    resumed = read_checkpoint(two / "checkpoint.pt")
+    assert resumed["iteration"] == 2 * two_nodes["iteration"] and resumed["epoch"] == 2
+    assert any(not torch.equal(v, two_nodes["state_dict"][k]) for k, v in resumed["state_dict"].items())
 
 
 def _child_with_rank(parent: int, rank: int) -> int | None:

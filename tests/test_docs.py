@@ -20,12 +20,18 @@ with its defaults.
 
 - **Bundle defaults.** Every config of every bundle (``train``, ``inference``, the classifier's ``evaluate`` and
   ``evaluate_shift``) runs with nothing overridden but the epoch count, progress bar on, on the synthetic demo
-  data, as a user on a fresh clone gets it. ``multi_gpu_train``, an overlay of ``train`` whose settings are
-  train's, runs under ``torchrun`` with 2 processes through each bundle's documented command (small settings
-  appended: the defaults' sizes are run by ``train`` already), which every pretraining bundle's docs must have.
+  data, as a user on a fresh clone gets it; training reads the demo generator's set with 42 training images
+  (``--datalist``), one batch of the defaults' size, where a fresh clone writes 96. ``multi_gpu_train``, an
+  overlay of ``train`` whose settings are train's, runs under ``torchrun`` with 2 processes through each bundle's
+  documented command (small settings appended: the defaults' sizes are run by ``train`` already), which every
+  pretraining bundle's docs must have.
 
 The command groups (one per document, one per bundle's defaults) run three at a time, each in its own copy of
-the repository with its own ``torchrun`` port; each command is one test, reported with its output.
+the repository with its own ``torchrun`` port; each command is one test, reported with its output. A ``python``
+command runs in a process forked from a server that has imported torch, MONAI and the package of that copy once
+(``tests/zygote.py``: the same argv, working directory and environment; ``python -m`` and scripts as the
+interpreter runs them), which saves about 10 s of CPU per command; ``torchrun`` and the rest start fresh, and
+``CXRSSL_TEST_FRESH_PROCESSES=1`` starts every command fresh.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from runner import free_port
+from runner import Zygote, free_port
 
 from monai_cxrssl.paths import REPO_ROOT
 
@@ -83,6 +89,8 @@ SMALL = ["--epochs", "1", "--image_size", "32", "--batch_size", "8"]
 #: command groups run at once: a command spends much of its time importing and reading (one core), so a third
 #: group fills the two cores better than two
 WORKERS = 3
+#: every command a fresh interpreter (as CXRSSL_TEST_FRESH_PROCESSES=1 makes the other end-to-end tests)
+FRESH = os.environ.get("CXRSSL_TEST_FRESH_PROCESSES", "").strip().lower() in ("1", "true", "yes")
 #: all the command groups together may take this long (a tiny bundle run takes 5-15 s alone; beside the rest
 #: of the suite, about twice that)
 GROUP_TIMEOUT = 2400
@@ -228,10 +236,17 @@ def make_stand_ins(root: Path, shared: Path) -> dict[str, str]:
     (root / "weights").mkdir()
     _dinov2_standin(root / "weights" / "dinov2_vits14_pretrain.pth")
     _torchvision_resnet_standin(root / "weights" / "resnet18-imagenet.pth")
+    # the bundle defaults' training data: the demo set's generator with 42 training images of 34 patients, one
+    # batch of the defaults (32 images; MICLe's of 32 patients), where DINO's ViT-S at 224 px takes about 40 s of
+    # both cores per batch here
+    from monai_cxrssl.data.phantoms import write_demo_dataset
+
+    write_demo_dataset(root / "data" / "demo_small", n_train=42, n_val=8, n_test=8)
     _folder_datalist(kermany, root / "data" / "kermany.json")
     _folder_datalist(kermany, root / "data" / "kermany_studies.json", extra=lambda e: {"study_id": e["patient_id"]})
     _folder_datalist(nih, root / "data" / "nih_binary.json", class_folders=True)  # normal / abnormal
     return {
+        "/data/demo_small": str(root / "data" / "demo_small"),
         "/data/kermany_pneumonia_224": str(kermany),
         "/data/kermany": str(kermany),
         "/data/cxr": str(kermany),
@@ -327,6 +342,7 @@ class Sandbox:
                 shutil.copy2(src, root / rel)
         self.stand_ins = stand_ins
         self.last_backbone: str | None = None
+        self.zygote: Zygote | None = None
         self.env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
                     "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
                     "PET_MASTER_PORT": str(free_port())}  # torchrun's --master_port, per sandbox
@@ -347,9 +363,18 @@ class Sandbox:
         return word
 
     def run(self, argv: list[str], timeout: float) -> Result:
+        """``argv`` in the sandbox: a ``python`` command through the sandbox's zygote (``tests/zygote.py``, the
+        package imported once from this copy: about 10 s of CPU saved per command), anything else as a fresh
+        process (``torchrun`` among them)."""
         t0, wall0 = time.monotonic(), time.time()
         try:
-            proc = subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
+            if argv[0] in ("python", "python3") and argv[1:2] != ["-c"] and not FRESH:  # -m MODULE or a script
+                if self.zygote is None:
+                    self.zygote = Zygote(package_root=self.root)
+                proc = self.zygote.run(argv[1:], self.root, self.env, timeout)
+            else:
+                proc = subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True,
+                                      timeout=timeout)
             code, out = proc.returncode, proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as e:
             code, out = None, f"timed out after {timeout:.0f} s\n{e.stdout or ''}{e.stderr or ''}"
@@ -374,15 +399,19 @@ def _run_group(sandbox: Sandbox, jobs: list[tuple[str, list[str]]], deadline: fl
             results[key] = Result(argv, None, str(e), 0.0, time.monotonic())
             continue
         results[key] = sandbox.run(argv, timeout=min(left, 600))
+    if sandbox.zygote is not None:
+        sandbox.zygote.close()
     return results
 
 
 def default_jobs(bundle: str) -> list[tuple[str, list[str]]]:
-    """Each config of ``bundle`` with nothing overridden but the epoch count (inference: nothing at all)."""
+    """Each config of ``bundle`` with nothing overridden but the epoch count and, for training, the data: the demo
+    set's generator with 42 training images (one batch of the defaults, instead of three) in place of its 96;
+    inference: nothing at all (the bundle's own demo set, written by the run)."""
     configs = REPO_ROOT / "bundles" / bundle / "configs"
     c = f"bundles/{bundle}/configs"
     run = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-    one = ["--epochs", "1"]
+    one = ["--epochs", "1", "--datalist", "/data/demo_small/datalist.json"]
     if bundle == "cxr_classifier":
         return [
             ("train", run + [f"{c}/train.json"] + one),

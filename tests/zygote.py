@@ -11,9 +11,10 @@ process with its own memory: what one command does to module state, logging, RNG
 not reach the next command or the test process.
 
 What differs from a fresh interpreter: the modules listed in :data:`PRELOAD` are already imported (with the
-server's environment), and string hashing uses the server's seed. The documented commands
-(``tests/test_docs.py``) and ``torchrun`` jobs do not come here: they start fresh interpreters.
-``CXRSSL_TEST_FRESH_PROCESSES=1`` sends every command to a fresh interpreter instead.
+server's environment), and string hashing uses the server's seed. The documented commands (``tests/test_docs.py``)
+come here too, each group's to a server of its own that imports the package from the group's copy of the
+repository; ``torchrun`` jobs do not: they start fresh interpreters. ``CXRSSL_TEST_FRESH_PROCESSES=1`` sends every
+command to a fresh interpreter instead.
 
 Protocol (one JSON object per line on stdin/stdout): the server prints ``{"ready": true}``; a request
 ``{"argv": [...], "cwd": ..., "env": {...}, "stdout": path, "stderr": path}`` is answered by

@@ -36,7 +36,11 @@ def resolve_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str
         demo_seed: seed of that demo set (another seed gives other synthetic patients).
     """
     if datalist:
-        return load_datalist(datalist, keys=None), str(datalist)
+        loaded = load_datalist(datalist, keys=None)
+        if loaded.get("synthetic") is True:  # e.g. the demo set's own datalist, passed by path
+            logger.warning("datalist %s holds SYNTHETIC chest X-ray phantoms (its 'synthetic' field): results on "
+                           "them mean nothing clinically", datalist)
+        return loaded, str(datalist)
     if dataset_dir:
         return build_datalist(dataset_dir), str(dataset_dir)
     if demo_dir is None:

@@ -33,8 +33,8 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from monai_cxrssl.exceptions import DatalistError, DicomWebError
-from monai_cxrssl.utils import atomic_write
+from monai_cxrssl.exceptions import CheckpointError, DatalistError, DicomWebError
+from monai_cxrssl.utils import as_bool, atomic_write
 
 __all__ = ["StructuredReports", "write_structured_reports", "structured_report", "read_structured_report",
            "model_algorithm", "CODING_SCHEME", "SERIES_DESCRIPTION"]
@@ -83,7 +83,7 @@ def model_algorithm(model_dir: str | os.PathLike) -> dict[str, Any]:
     info = read_model_info(model_dir)
     weights = Path(trained_model_file(model_dir))
     if not weights.is_file():
-        raise DatalistError(f"'{weights}' does not exist: expected the weights of a trained classifier")
+        raise CheckpointError(f"'{weights}' does not exist: expected the weights of a trained classifier")
     backbone = (info.get("backbone") or {}).get("name", "unknown")
     init = info.get("init") or {}
     parameters = [f"task={info.get('task')}", f"classes={','.join(map(str, info.get('classes') or []))}",
@@ -281,7 +281,7 @@ class StructuredReports:
 
     def __init__(self, predictions, model_dir, output_dir, data: Sequence[Mapping] = (), dicomweb_output: str = "",
                  enabled: bool = True):
-        self.enabled = bool(enabled)
+        self.enabled = as_bool(enabled, "structured_reports")
         self.predictions, self.model_dir, self.output_dir = predictions, model_dir, Path(output_dir)
         self.dicomweb_output = str(dicomweb_output or "")
         self.paths: list[Path] = []
@@ -309,7 +309,7 @@ class StructuredReports:
             from monai_cxrssl.data.dicomweb import store_instances
 
             try:
-                self.stored = store_instances(self.dicomweb_output, self.paths)
+                self.stored = store_instances(self.dicomweb_output, self.paths, progress=True)
             except DicomWebError:
                 logger.error("the structured reports are kept in %s; store them again with the same server", self.output_dir)
                 raise
