@@ -41,11 +41,13 @@ def _predictions(path: Path, images: list[Path], probs: list[list[float]]) -> Pa
     return path
 
 
-def test_one_report_per_image_references_its_source_and_holds_the_exact_probabilities(dicom_dir, model_dir, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2], ids=["in_process", "two_processes"])
+def test_one_report_per_image_references_its_source_and_holds_the_exact_probabilities(dicom_dir, model_dir, tmp_path,
+                                                                                      workers):
     images = sorted(dicom_dir.glob("*.dcm"))
     probs = [[1 / 3, 0.1234567890123456789], [0.0, 1.0], [2 / 7, 1e-9]]
     csv_path = _predictions(tmp_path / "inference" / "predictions.csv", images, probs)
-    paths = write_structured_reports(csv_path, model_dir, tmp_path / "sr")
+    paths = write_structured_reports(csv_path, model_dir, tmp_path / "sr", num_workers=workers)
     assert len(paths) == 3 and not list((tmp_path / "sr").glob("*.tmp"))
     series = set()
     for image, p, path in zip(images, probs, paths):
