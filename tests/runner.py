@@ -33,10 +33,11 @@ ZYGOTE = Path(__file__).with_name("zygote.py")
 class Zygote:
     """The client of one ``tests/zygote.py`` server (started on first use, stopped when the tests end)."""
 
-    def __init__(self, package_root=None):
+    def __init__(self, package_root=None, env: dict | None = None):
         """``package_root``: a copy of the repository whose ``monai_cxrssl`` the server imports (first on its path),
-        for commands run in that copy; default: this checkout's."""
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        for commands run in that copy; default: this checkout's. ``env``: the server's environment when it imports
+        (thread pools are sized then); default: this process's."""
+        env = {**(os.environ if env is None else env), "PYTHONWARNINGS": "ignore"}
         if package_root is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen([sys.executable, str(ZYGOTE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -208,6 +208,17 @@ def test_a_server_down_mid_retrieval_fails_naming_it_and_a_rerun_fetches_only_th
             retrieve_instances(orthanc.dicomweb, instances, tmp_path / "cache", progress=False, num_workers=2)
         assert not list((tmp_path / "cache").rglob("*.tmp"))  # nothing half-written (atomic_write's temporaries)
         assert sorted((tmp_path / "cache").rglob("*.dcm")) == sorted(first)
+        # de-identifying: the failure and urllib3's retry warnings name no original identifier
+        from monai_cxrssl.data.deidentify import IDENTIFIERS, Deidentifier
+
+        caplog.clear()  # the retrieval above named its instances: it was not de-identifying
+        with caplog.at_level(logging.DEBUG, logger="urllib3"), pytest.raises(DicomWebError) as failed:
+            retrieve_instances(orthanc.dicomweb, instances, tmp_path / "deid", progress=False,
+                               deidentifier=Deidentifier(tmp_path / "mapping.json", tmp_path / "deid"))
+        originals = {i[k] for i in instances for k in IDENTIFIERS if i.get(k)}
+        assert "could not be reached" in str(failed.value)
+        assert not [o for o in originals if o in str(failed.value) + caplog.text]
+        caplog.clear()
         orthanc.start()  # back
         with caplog.at_level(logging.INFO, logger="monai_cxrssl.data.dicomweb"):
             datalist = datalist_from_dicomweb(orthanc.dicomweb, tmp_path / "cache", progress=False)

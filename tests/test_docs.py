@@ -370,7 +370,7 @@ class Sandbox:
         try:
             if argv[0] in ("python", "python3") and argv[1:2] != ["-c"] and not FRESH:  # -m MODULE or a script
                 if self.zygote is None:
-                    self.zygote = Zygote(package_root=self.root)
+                    self.zygote = Zygote(package_root=self.root, env=self.env)
                 proc = self.zygote.run(argv[1:], self.root, self.env, timeout)
             else:
                 proc = subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True,
@@ -378,6 +378,9 @@ class Sandbox:
             code, out = proc.returncode, proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as e:
             code, out = None, f"timed out after {timeout:.0f} s\n{e.stdout or ''}{e.stderr or ''}"
+        except (RuntimeError, TimeoutError) as e:  # the zygote itself died: this command fails, the next starts anew
+            code, out = None, f"tests/zygote.py failed: {e}"
+            self.zygote = None
         for config in _configs(argv):
             bundle = config.split("/")[1]
             if bundle in SSL_BUNDLES and (self.root / "bundles" / bundle / "models" / "backbone.pt").is_file():
@@ -387,6 +390,14 @@ class Sandbox:
 
 
 def _run_group(sandbox: Sandbox, jobs: list[tuple[str, list[str]]], deadline: float) -> dict[str, Result]:
+    try:
+        return _run_jobs(sandbox, jobs, deadline)
+    finally:
+        if sandbox.zygote is not None:
+            sandbox.zygote.close()
+
+
+def _run_jobs(sandbox: Sandbox, jobs: list[tuple[str, list[str]]], deadline: float) -> dict[str, Result]:
     results = {}
     for key, argv in jobs:
         left = deadline - time.monotonic()
@@ -399,8 +410,6 @@ def _run_group(sandbox: Sandbox, jobs: list[tuple[str, list[str]]], deadline: fl
             results[key] = Result(argv, None, str(e), 0.0, time.monotonic())
             continue
         results[key] = sandbox.run(argv, timeout=min(left, 600))
-    if sandbox.zygote is not None:
-        sandbox.zygote.close()
     return results
 
 
@@ -410,7 +419,7 @@ def default_jobs(bundle: str) -> list[tuple[str, list[str]]]:
     inference: nothing at all (the bundle's own demo set, written by the run)."""
     configs = REPO_ROOT / "bundles" / bundle / "configs"
     c = f"bundles/{bundle}/configs"
-    run = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+    run = ["python", "-m", "monai.bundle", "run", "--config_file"]  # this environment's, first on the sandbox's PATH
     one = ["--epochs", "1", "--datalist", "/data/demo_small/datalist.json"]
     if bundle == "cxr_classifier":
         return [

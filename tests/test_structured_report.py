@@ -78,6 +78,13 @@ def test_reports_need_dicom_sources_and_say_so_before_anything_is_written(dicom_
     with pytest.raises(DatalistError, match=f"'{png}' is not a DICOM image with SOPClassUID"):
         write_structured_reports(csv_path, model_dir, tmp_path / "sr")
     assert not list((tmp_path / "sr").glob("*.dcm")) if (tmp_path / "sr").exists() else True
+    one = sorted(dicom_dir.glob("*.dcm"))[0]
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / one.name
+    copy.write_bytes(one.read_bytes())
+    twice = _predictions(tmp_path / "twice.csv", [one, copy], [[0.1, 0.2], [0.3, 0.4]])
+    with pytest.raises(DatalistError, match="are the same instance"):
+        write_structured_reports(twice, model_dir, tmp_path / "sr")
     with pytest.raises(DatalistError, match="predictions.csv of an inference run"):
         write_structured_reports(tmp_path / "none.csv", model_dir, tmp_path / "sr")
     with pytest.raises(Exception, match="model_info.json' does not exist"):
@@ -95,6 +102,9 @@ def test_the_handler_checks_inputs_and_server_when_built_and_is_inert_when_off(d
     off.attach(engine)
     engine.run([0], max_epochs=1)
     assert not (tmp_path / "sr").exists()
+    with pytest.raises(DatalistError, match="dicomweb_output is set but structured_reports is false"):
+        StructuredReports(predictions=None, model_dir=model_dir, output_dir=tmp_path / "sr", enabled="false",
+                          dicomweb_output="http://127.0.0.1:1/dicom-web")
     with pytest.raises(DatalistError, match="chest.png"):
         StructuredReports(predictions=None, model_dir=model_dir, output_dir=tmp_path / "sr", data=[{"image": str(png)}])
     dicoms = [{"image": str(p)} for p in sorted(dicom_dir.glob("*.dcm"))]

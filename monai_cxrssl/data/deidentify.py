@@ -7,13 +7,14 @@ apart.
         --deidentify /secure/mapping.json
 
 Each retrieved file is de-identified by ``dicognito`` before it is written: names replaced, identifiers
-(PatientID, accession, study ID, ...) and every UID re-mapped, dates and times moved back by an offset fixed per
-patient (intervals within a patient are kept), institution and address attributes replaced, insurance and contact
-attributes removed; ``PatientIdentityRemoved`` is set where the file says it has no burned-in annotation. Pixels are
-not touched: text burned into an image stays there.
+(PatientID, accession, study ID, ...) and every UID re-mapped, dates and times moved back by an offset of the patient's
+own (intervals within a patient are kept), institution and address attributes replaced, insurance and contact
+attributes removed, private attributes removed; ``PatientIdentityRemoved`` is set where the file says it has no
+burned-in annotation. Pixels are not touched: text burned into an image stays there.
 
-The pseudonyms are a keyed function of the original values (the key is a random secret made on the first run), so
-one patient has one pseudonym in every file and every rerun: patient-level splits hold, and a rerun finds its cache.
+The pseudonyms are a keyed function of the original values and the patient (the key is a random secret made on the
+first run), so one patient has one pseudonym in every file and every rerun: patient-level splits hold, and a rerun
+finds its cache (a mapping file lost while its cache is kept is refused, not replaced by a new key).
 The mapping file holds the key and the table of the originals of each pseudonym (patient, study, series, instance,
 accession) for whoever may re-identify; it is written only outside the cache folder, readable by its owner alone, and
 nothing else (datalist, cache paths, logs) holds an original identifier.
@@ -61,16 +62,22 @@ class Deidentifier:
             except (ValueError, KeyError, TypeError) as e:
                 raise DatalistError(f"'{self.path}' is not a de-identification mapping written by monai_cxrssl ({e})")
         else:
+            if cache_dir is not None and next(Path(cache_dir).rglob("*.dcm"), None) is not None:
+                raise DatalistError(f"the de-identification mapping '{self.path}' does not exist, but the cache "
+                                    f"'{cache_dir}' holds files already: a new key would give their patients other "
+                                    "pseudonyms. Give the mapping they were made with, or an empty cache")
             key, table = secrets.token_hex(16), {}
         self.key = str(key)
         self.originals: dict[str, dict[str, str]] = {f: dict(table.get(f, {})) for f in IDENTIFIERS}
         self.method = f"dicognito {dicognito.__version__}"
         self._lock = threading.Lock()
 
-    def _anonymizer(self):
+    def _anonymizer(self, patient_id: str):
+        """dicognito keyed by the secret and the patient: its dates move by one offset per key, so a key per patient
+        gives each patient an offset of their own (a known real date reveals no other patient's)."""
         from dicognito.anonymizer import Anonymizer
 
-        return Anonymizer(seed=self.key)
+        return Anonymizer(seed=f"{self.key}:{patient_id}")
 
     def pseudonyms(self, instance: Mapping[str, str]) -> dict[str, str]:
         """``instance`` with its identifiers (:data:`IDENTIFIERS`) replaced by the pseudonyms its file will hold
@@ -82,7 +89,7 @@ class Deidentifier:
         for field, keyword in IDENTIFIERS.items():
             if instance.get(field):
                 setattr(ds, keyword, instance[field])
-        self._anonymizer().anonymize(ds)
+        self._anonymizer(str(instance.get("patient_id") or "")).anonymize(ds)
         out = dict(instance)
         with self._lock:
             for field, keyword in IDENTIFIERS.items():
@@ -100,7 +107,7 @@ class Deidentifier:
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
         except (InvalidDicomError, OSError, ValueError, EOFError) as e:
             raise DatalistError(f"{source or 'a retrieved file'} could not be read for de-identification ({e})") from None
-        self._anonymizer().anonymize(ds)
+        self._anonymizer(str(ds.get("PatientID", "") or "").strip()).anonymize(ds)
         ds.remove_private_tags()
         ds.DeidentificationMethod = self.method
         out = io.BytesIO()
@@ -111,6 +118,14 @@ class Deidentifier:
         """Write the mapping (the key and the table), readable and writable by its owner only."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
+            if self.path.is_file():  # another run with the same mapping may have added pseudonyms since: keep them
+                try:
+                    saved = json.loads(self.path.read_text())
+                except ValueError:
+                    saved = {}
+                if saved.get("key") == self.key:
+                    for field in IDENTIFIERS:
+                        self.originals[field] = {**saved.get("originals", {}).get(field, {}), **self.originals[field]}
             state = {"description": "monai_cxrssl de-identification mapping: the key of the pseudonyms and the "
                                     "original of each; keep it apart from the data, it re-identifies them",
                      "method": self.method, "key": self.key, "originals": self.originals}

@@ -210,9 +210,10 @@ def retrieve_instances(url: str, instances: Sequence[Mapping], cache_dir: str | 
 
     def fetch(item) -> None:
         instance, path = item
-        what = f"the retrieval of instance {instance['sop_uid']} (WADO-RS)"
+        label = path.stem  # the instance as the cache names it: its pseudonym when de-identifying
+        what = f"the retrieval of instance {label} (WADO-RS)"
         try:
-            data = _retrieve_bytes(session, server, instance, timeout_s)
+            data = _retrieve_bytes(session, server, instance, timeout_s, label)
         except DicomWebError:
             raise
         except Exception as e:
@@ -227,16 +228,24 @@ def retrieve_instances(url: str, instances: Sequence[Mapping], cache_dir: str | 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc=f"DICOMweb {urlsplit(server).hostname}", unit="inst")
+    # urllib3 logs requests and retries with their path, which holds the original UIDs: quiet when de-identifying
+    quiet = [logging.getLogger(n) for n in ("urllib3", "urllib3.connectionpool", "urllib3.util.retry")]
+    levels = [q.level for q in quiet]
+    if deidentifier is not None:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
     try:
         map_in_threads(fetch, todo, num_workers, (lambda _: bar.update(1)) if bar is not None else None,
                        name="dicomweb")
     finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
         if bar is not None:
             bar.close()
     return paths, len(todo)
 
 
-def _retrieve_bytes(session, server: str, instance: Mapping, timeout_s: float) -> bytes:
+def _retrieve_bytes(session, server: str, instance: Mapping, timeout_s: float, label: str) -> bytes:
     """One instance as the server stores it (WADO-RS, any transfer syntax), the bytes of its one multipart part.
 
     Not ``dicomweb-client``'s ``retrieve_instance``: it re-parses each part with pydicom's strict reader, which
@@ -250,11 +259,11 @@ def _retrieve_bytes(session, server: str, instance: Mapping, timeout_s: float) -
     if content_type.startswith("application/dicom"):  # some servers send the part without its envelope
         return response.content
     if not content_type.startswith("multipart/related"):
-        raise DicomWebError(f"DICOMweb server {server} answered the retrieval of instance {instance['sop_uid']} "
+        raise DicomWebError(f"DICOMweb server {server} answered the retrieval of instance {label} "
                             f"with '{content_type}', expected multipart/related DICOM")
     parts = _multipart_parts(content_type, response.content)
     if len(parts) != 1 or not parts[0]:
-        raise DicomWebError(f"DICOMweb server {server} answered the retrieval of instance {instance['sop_uid']} with "
+        raise DicomWebError(f"DICOMweb server {server} answered the retrieval of instance {label} with "
                             f"{len(parts)} part(s), expected one DICOM file")
     return parts[0]
 

@@ -60,9 +60,11 @@ def _codes():
 
 
 def _finding(name: str):
+    """The finding's code in the local scheme: a digest of its name (codes are at most 16 characters; names that
+    share their first 16 must not share a code), its meaning the name."""
     from highdicom.sr import CodedConcept
 
-    return CodedConcept(name[:16], CODING_SCHEME, name)
+    return CodedConcept(hashlib.sha256(name.encode("utf-8")).hexdigest()[:16].upper(), CODING_SCHEME, name)
 
 
 def _sha256(path: Path) -> str:
@@ -205,8 +207,9 @@ def write_structured_reports(predictions_csv: str | os.PathLike, model_dir: str 
     ``output_dir/<source SOP instance UID>.dcm``; each study's reports form one new series. Returns the paths.
 
     Every source is checked before anything is written. ``highdicom`` takes about 0.2-0.4 s of CPU to build a
-    report, so they are built in ``num_workers`` processes (default: every CPU, at most 8; forked, so the reports
-    do not wait for a fresh interpreter's imports)."""
+    report, so they are built in ``num_workers`` processes (default: every CPU, at most 8), forked so that they do
+    not wait for a fresh interpreter's imports. Forking after PyTorch has run is safe here because the workers run
+    pydicom and highdicom only: no torch, no OpenMP or CUDA call, whose state a fork does not carry over."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from contextlib import nullcontext
@@ -217,6 +220,12 @@ def write_structured_reports(predictions_csv: str | os.PathLike, model_dir: str 
     images, outputs, probs = _read_predictions(Path(predictions_csv))
     algorithm = model_algorithm(model_dir)
     headers = [_source_header(Path(p)) for p in images]  # every source checked before anything is written
+    first: dict[str, str] = {}
+    for image, header in zip(images, headers):
+        other = first.setdefault(str(header.SOPInstanceUID), image)
+        if other != image:
+            raise DatalistError(f"'{image}' and '{other}' are the same instance (SOP instance UID "
+                                f"{header.SOPInstanceUID}): one report per instance; drop the copy from the input")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     series: dict[str, str] = {}
@@ -283,6 +292,10 @@ def _containers(ds):
                 yield from _containers(item)
 
 
+def _is_deidentified(header) -> bool:
+    return str(header.get("PatientIdentityRemoved", "")).upper() == "YES" or "DeidentificationMethod" in header
+
+
 class StructuredReports:
     """Ignite handler of the inference bundle: when the run completes, one SR per image from the predictions
     :class:`~monai_cxrssl.evaluation.PredictionReport` wrote (attach it after that handler), into ``output_dir``,
@@ -310,10 +323,17 @@ class StructuredReports:
         self.paths: list[Path] = []
         self.stored = 0
         if not self.enabled:
+            if self.dicomweb_output:
+                raise DatalistError("dicomweb_output is set but structured_reports is false: nothing would be "
+                                    "stored; leave structured_reports at its default")
             return
         model_algorithm(model_dir)
-        for item in data:
-            _source_header(Path(item["image"]))
+        deidentified = [item["image"] for item in data if _is_deidentified(_source_header(Path(item["image"])))]
+        if deidentified and self.dicomweb_output:
+            logger.warning("%d of the %d inputs are de-identified copies (e.g. %s): their reports carry the "
+                           "pseudonymous patient and UIDs, which only an archive of those copies holds; %s should be "
+                           "that archive, not the clinical one", len(deidentified), len(data), deidentified[0],
+                           self.dicomweb_output)
         if self.dicomweb_output:
             from monai_cxrssl.data.dicomweb import check_server
 
