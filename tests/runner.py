@@ -28,6 +28,8 @@ import pytest
 from monai_cxrssl.paths import REPO_ROOT
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
+#: every command in a fresh interpreter instead of the zygote's forks
+FRESH_PROCESSES = os.environ.get("CXRSSL_TEST_FRESH_PROCESSES", "").strip().lower() in ("1", "true", "yes")
 
 
 class Zygote:
@@ -112,8 +114,8 @@ def run_python(*args, check: bool = True, timeout: float = 600, threads: int | N
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    fresh = os.environ.get("CXRSSL_TEST_FRESH_PROCESSES", "").strip().lower() in ("1", "true", "yes")
-    if fresh or cmd[1:3] == ["-m", "torch.distributed.run"]:  # torchrun: its workers are fresh interpreters anyway
+    # torchrun: its workers are fresh interpreters anyway
+    if FRESH_PROCESSES or cmd[1:3] == ["-m", "torch.distributed.run"]:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     else:
         proc = _zygote().run(cmd[1:], cwd, env, timeout)

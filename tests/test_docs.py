@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from runner import Zygote, free_port
+from runner import FRESH_PROCESSES, Zygote, free_port
 
 from monai_cxrssl.paths import REPO_ROOT
 
@@ -89,8 +89,6 @@ SMALL = ["--epochs", "1", "--image_size", "32", "--batch_size", "8"]
 #: command groups run at once: a command spends much of its time importing and reading (one core), so a third
 #: group fills the two cores better than two
 WORKERS = 3
-#: every command a fresh interpreter (as CXRSSL_TEST_FRESH_PROCESSES=1 makes the other end-to-end tests)
-FRESH = os.environ.get("CXRSSL_TEST_FRESH_PROCESSES", "").strip().lower() in ("1", "true", "yes")
 #: all the command groups together may take this long (a tiny bundle run takes 5-15 s alone; beside the rest
 #: of the suite, about twice that)
 GROUP_TIMEOUT = 2400
@@ -368,7 +366,8 @@ class Sandbox:
         process (``torchrun`` among them)."""
         t0, wall0 = time.monotonic(), time.time()
         try:
-            if argv[0] in ("python", "python3") and argv[1:2] != ["-c"] and not FRESH:  # -m MODULE or a script
+            through_zygote = argv[0] in ("python", "python3") and argv[1:2] != ["-c"]  # -m MODULE or a script
+            if through_zygote and not FRESH_PROCESSES:
                 if self.zygote is None:
                     self.zygote = Zygote(package_root=self.root, env=self.env)
                 proc = self.zygote.run(argv[1:], self.root, self.env, timeout)

@@ -71,6 +71,7 @@ class Deidentifier:
         self.originals: dict[str, dict[str, str]] = {f: dict(table.get(f, {})) for f in IDENTIFIERS}
         self.method = f"dicognito {dicognito.__version__}"
         self._lock = threading.Lock()
+        self._pseudonyms: dict[tuple, dict[str, str]] = {}  # an instance's identifiers -> their pseudonyms
 
     def _anonymizer(self, patient_id: str):
         """dicognito keyed by the secret and the patient: its dates move by one offset per key, so a key per patient
@@ -81,22 +82,24 @@ class Deidentifier:
 
     def pseudonyms(self, instance: Mapping[str, str]) -> dict[str, str]:
         """``instance`` with its identifiers (:data:`IDENTIFIERS`) replaced by the pseudonyms its file will hold
-        once de-identified (empty values stay empty); each is recorded in the table."""
+        once de-identified (empty values stay empty); each is recorded in the table (and computed once)."""
         from pydicom.dataset import Dataset, FileMetaDataset
 
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        for field, keyword in IDENTIFIERS.items():
-            if instance.get(field):
-                setattr(ds, keyword, instance[field])
-        self._anonymizer(str(instance.get("patient_id") or "")).anonymize(ds)
-        out = dict(instance)
-        with self._lock:
-            for field, keyword in IDENTIFIERS.items():
-                if instance.get(field):
-                    out[field] = str(ds.get(keyword, ""))
-                    self.originals[field][out[field]] = str(instance[field])
-        return out
+        key = tuple(str(instance.get(field) or "") for field in IDENTIFIERS)
+        if key not in self._pseudonyms:
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            for (field, keyword), value in zip(IDENTIFIERS.items(), key):
+                if value:
+                    setattr(ds, keyword, value)
+            self._anonymizer(str(instance.get("patient_id") or "")).anonymize(ds)
+            pseudonyms = {field: str(ds.get(keyword, "")) for (field, keyword), value in zip(IDENTIFIERS.items(), key)
+                          if value}
+            with self._lock:
+                for field, pseudonym in pseudonyms.items():
+                    self.originals[field][pseudonym] = str(instance[field])
+                self._pseudonyms[key] = pseudonyms
+        return {**instance, **self._pseudonyms[key]}
 
     def apply(self, data: bytes, source: str = "") -> bytes:
         """The DICOM file ``data`` de-identified (its encoding and File Meta, or lack of it, kept)."""

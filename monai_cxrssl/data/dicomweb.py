@@ -223,11 +223,10 @@ def retrieve_instances(url: str, instances: Sequence[Mapping], cache_dir: str | 
         with atomic_write(path) as f:  # complete, or not there at all
             f.write(data)
 
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"DICOMweb {urlsplit(server).hostname}", unit="inst")
+    bar = tqdm(total=len(todo), desc=f"DICOMweb {urlsplit(server).hostname}", unit="inst",
+               disable=not (progress and todo))
     # urllib3 logs requests and retries with their path, which holds the original UIDs: quiet when de-identifying
     quiet = [logging.getLogger(n) for n in ("urllib3", "urllib3.connectionpool", "urllib3.util.retry")]
     levels = [q.level for q in quiet]
@@ -235,13 +234,11 @@ def retrieve_instances(url: str, instances: Sequence[Mapping], cache_dir: str | 
         for q in quiet:
             q.setLevel(logging.ERROR)
     try:
-        map_in_threads(fetch, todo, num_workers, (lambda _: bar.update(1)) if bar is not None else None,
-                       name="dicomweb")
+        map_in_threads(fetch, todo, num_workers, lambda _: bar.update(1), name="dicomweb")
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
-        if bar is not None:
-            bar.close()
+        bar.close()
     return paths, len(todo)
 
 
@@ -312,17 +309,14 @@ def store_instances(url: str, paths: Sequence[str | os.PathLike], *, batch: int 
             instance UID and the failure reason are named).
     """
     import pydicom
+    from tqdm.auto import tqdm
 
     server = _server(url)
     client = _client(url, session or dicomweb_session(url), timeout_s)
     paths = [Path(p) for p in paths]
     stored = 0
-    bar = None
-    if progress and paths:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(paths), desc=f"STOW-RS {urlsplit(server).hostname}", unit="inst")
-    try:
+    with tqdm(total=len(paths), desc=f"STOW-RS {urlsplit(server).hostname}", unit="inst",
+              disable=not (progress and paths)) as bar:
         for start in range(0, len(paths), batch):
             datasets = []
             for p in paths[start:start + batch]:
@@ -342,11 +336,7 @@ def store_instances(url: str, paths: Sequence[str | os.PathLike], *, batch: int 
                                     f"(STOW-RS), e.g. {f.get('ReferencedSOPInstanceUID', '?')} with failure reason "
                                     f"{f.get('FailureReason', '?')}")
             stored += len(datasets)
-            if bar is not None:
-                bar.update(len(datasets))
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(len(datasets))
     logger.info("DICOMweb %s: stored %d instance(s) (STOW-RS)", server, stored)
     return stored
 

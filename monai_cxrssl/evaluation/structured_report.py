@@ -67,19 +67,12 @@ def _finding(name: str):
     return CodedConcept(hashlib.sha256(name.encode("utf-8")).hexdigest()[:16].upper(), CODING_SCHEME, name)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_algorithm(model_dir: str | os.PathLike) -> dict[str, Any]:
     """What the reports say of the model in ``model_dir``: ``name`` (backbone, mode and task), ``version`` (the
     project's version and the first 12 hex digits of the weights' SHA-256) and ``parameters`` (its training
     provenance from ``model_info.json``: initialisation, label and patient counts, model selection)."""
     from monai_cxrssl import __version__
+    from monai_cxrssl.checkpoints import file_sha256
     from monai_cxrssl.engines import read_model_info, trained_model_file
 
     info = read_model_info(model_dir)
@@ -96,7 +89,7 @@ def model_algorithm(model_dir: str | os.PathLike) -> dict[str, Any]:
         parameters.append(f"init={init.get('method') or init.get('format')} epoch={init.get('epoch')} "
                           f"sha256={str(init.get('sha256', ''))[:12]}")
     return {"name": f"monai_cxrssl cxr_classifier {backbone} {info.get('mode', '')}".strip(),
-            "version": f"{__version__}+{_sha256(weights)[:12]}", "parameters": parameters, "info": info}
+            "version": f"{__version__}+{file_sha256(weights)[:12]}", "parameters": parameters, "info": info}
 
 
 def _source_header(path: Path):
@@ -190,11 +183,10 @@ def _read_predictions(path: Path) -> tuple[list[str], list[str], list[list[float
 
 
 def _write_one(job: tuple) -> Path:
-    """Build and save one report (in a worker process): ``(source path, probabilities, algorithm, series UID,
+    """Build and save one report (in a worker process): ``(source header, probabilities, algorithm, series UID,
     instance number, output path)``."""
-    source, probabilities, algorithm, series_uid, instance_number, path = job
-    sr = structured_report(_source_header(Path(source)), probabilities, algorithm, series_uid=series_uid,
-                           instance_number=instance_number)
+    header, probabilities, algorithm, series_uid, instance_number, path = job
+    sr = structured_report(header, probabilities, algorithm, series_uid=series_uid, instance_number=instance_number)
     with atomic_write(path) as f:
         sr.save_as(f, enforce_file_format=True)
     return path
@@ -231,11 +223,11 @@ def write_structured_reports(predictions_csv: str | os.PathLike, model_dir: str 
     series: dict[str, str] = {}
     counts: dict[str, int] = {}
     jobs = []
-    for image, header, p in zip(images, headers, probs):
+    for header, p in zip(headers, probs):
         study = str(header.StudyInstanceUID)
         series.setdefault(study, str(hd.UID()))
         counts[study] = counts.get(study, 0) + 1
-        jobs.append((image, dict(zip(outputs, p)), algorithm, series[study], counts[study],
+        jobs.append((header, dict(zip(outputs, p)), algorithm, series[study], counts[study],
                      out / f"{header.SOPInstanceUID}.dcm"))
     workers = max(1, min(len(jobs), num_workers or min(8, os.cpu_count() or 1)))
     fork = workers > 1 and "fork" in multiprocessing.get_all_start_methods()
